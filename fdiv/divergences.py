@@ -51,7 +51,6 @@ a divergence name is accepted, or give it a name with :func:`register`::
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 from collections.abc import Callable
 
@@ -110,6 +109,18 @@ class Generator(abc.ABC):
 
     def __repr__(self) -> str:
         return f"Generator({self.name!r})"
+
+    # Built-in generators are equal when their names are (so jit caches hit across calls);
+    # user-defined ones compare by identity.
+    def __eq__(self, other: object) -> bool:
+        if type(self) is CustomGenerator or type(other) is CustomGenerator:
+            return self is other
+        return type(self) is type(other) and self.name == other.name
+
+    def __hash__(self) -> int:
+        if type(self) is CustomGenerator:
+            return id(self)
+        return hash((type(self), self.name))
 
 
 class KL(Generator):
@@ -206,7 +217,7 @@ class Hellinger(Generator):
         return 0.5 * u ** (-1.5)
 
     def conj(self, v):
-        return v / (1.0 - v)
+        return 1.0 / (1.0 - v) - 1.0  # = v / (1 − v), and −1 at v = −inf
 
     def conj_grad(self, v):
         r = 1.0 / (1.0 - v)
@@ -319,7 +330,6 @@ class Alpha(Generator):
         return self._power(t, self._exponent - 1.0, integer)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
 class CustomGenerator(Generator):
     """A generator assembled from user functions (see the module docstring).
 
@@ -327,21 +337,48 @@ class CustomGenerator(Generator):
     The functions must be elementwise, jit-able, and accept ``v = -inf``.
     """
 
-    name: str
-    f: Callable[[Array], Array]
-    f_prime: Callable[[Array], Array]
-    f_prime2: Callable[[Array], Array]
-    conj: Callable[[Array], Array]
-    conj_grad: Callable[[Array], Array]
-    conj_hess: Callable[[Array], Array] | None = None
-    f_prime_at_zero: float = -_INF
-    conj_domain_max: float = _INF
-    f_at_zero: float = _INF
-    newton_from_left: bool = True
+    def __init__(
+        self,
+        name: str,
+        f: Callable[[Array], Array],
+        f_prime: Callable[[Array], Array],
+        f_prime2: Callable[[Array], Array],
+        conj: Callable[[Array], Array],
+        conj_grad: Callable[[Array], Array],
+        conj_hess: Callable[[Array], Array] | None = None,
+        *,
+        f_prime_at_zero: float = -_INF,
+        conj_domain_max: float = _INF,
+        f_at_zero: float = _INF,
+        newton_from_left: bool = True,
+    ):
+        self.name = name
+        self._maps = {"f": f, "f_prime": f_prime, "f_prime2": f_prime2, "conj": conj}
+        self._conj_grad, self._conj_hess = conj_grad, conj_hess
+        self.f_prime_at_zero = f_prime_at_zero
+        self.conj_domain_max = conj_domain_max
+        self.f_at_zero = f_at_zero
+        self.newton_from_left = newton_from_left
 
-    def __post_init__(self):
-        if self.conj_hess is None:
-            object.__setattr__(self, "conj_hess", lambda v: Generator.conj_hess(self, v))
+    def f(self, u):
+        return self._maps["f"](u)
+
+    def f_prime(self, u):
+        return self._maps["f_prime"](u)
+
+    def f_prime2(self, u):
+        return self._maps["f_prime2"](u)
+
+    def conj(self, v):
+        return self._maps["conj"](v)
+
+    def conj_grad(self, v):
+        return self._conj_grad(v)
+
+    def conj_hess(self, v):
+        if self._conj_hess is None:
+            return super().conj_hess(v)
+        return self._conj_hess(v)
 
 
 _REGISTRY: dict[str, Callable[[], Generator]] = {

@@ -1,0 +1,227 @@
+"""The f-softargmax operator and the f-softmax value.
+
+For a generator ``f``, logits ``θ`` and a reference measure ``q``:
+
+    softmax_f(θ; q)    = max_{p ∈ Δ} ⟨p, θ⟩ − D_f(p, q)      (f_softmax, a value)
+    softargmax_f(θ; q) = the maximiser p*                     (f_softargmax)
+                       = q ⊙ (f*)'(θ − τ*),   Σ_j p*_j = 1
+
+with ``τ*`` found per row by :mod:`fdiv.root_finding`. With ``"kl"`` they are
+``logsumexp(θ + log q) + 1 − Σ q`` and ``softmax(θ + log q)``.
+
+Derivatives never go through the solver. The root carries its implicit
+derivative (implicit function theorem on ``Σ_j q_j (f*)'(θ_j − τ) = 1``)::
+
+    τ̇ = (Σ_j w_j θ̇_j + Σ_j s_j q̇_j) / Σ_j w_j,   s = (f*)'(θ − τ),  w = q ⊙ (f*)''(θ − τ)
+
+which gives the operator's Jacobian ``diag(w) − w wᵀ / Σ w`` (softmax's for KL,
+sparsemax's for χ², entmax's for α > 1), and ``f_softmax`` has the envelope
+derivative ``∇_θ = p*``, ``∇_q = f*(θ − τ*)``. Both rules are written in
+differentiable JAX, so higher derivatives (Hessians of the losses) are exact too.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+from fdiv import _rows
+from fdiv import root_finding as rf
+from fdiv.divergences import Generator, get_generator
+
+Array = jax.Array
+
+
+def _implicit_root_jvp(gen: Generator, primals, tangents):
+    theta, q, tau = primals
+    dtheta, dq, _ = tangents  # the root's own tangent is implied by theta and q
+    tau = _implicit_root_for(gen)(theta, q, tau)  # differentiable: exact higher orders
+    v = theta - tau[..., None]
+    unmasked = theta != -jnp.inf
+    w = q * gen.conj_hess(v)
+    numerator = jnp.sum(jnp.where(unmasked, w * dtheta, 0.0), axis=-1)
+    numerator = numerator + jnp.sum(gen.conj_grad(v) * dq, axis=-1)
+    total = jnp.sum(w, axis=-1)
+    return tau, numerator / jnp.where(total > 0, total, 1.0)
+
+
+@functools.cache
+def _implicit_root_for(gen: Generator):
+    root = jax.custom_jvp(lambda theta, q, tau: tau)
+    root.defjvp(functools.partial(_implicit_root_jvp, gen))
+    return root
+
+
+def _probabilities(theta: Array, q: Array, tau: Array, gen: Generator) -> Array:
+    """``q ⊙ (f*)'(θ − τ)``, renormalised (the root is exact only to solver tolerance)."""
+    p = q * gen.conj_grad(theta - tau[..., None])
+    total = jnp.sum(p, axis=-1, keepdims=True)
+    return p / jnp.where(total > 0, total, 1.0)
+
+
+def _root(theta: Array, q: Array, gen: Generator, solver: str, num_iters: int | None) -> Array:
+    """Absolute root ``τ`` of each row (classes last), differentiable implicitly."""
+    stats = rf.row_stats(theta, q)
+    tau = stats.shift + rf.solve(stats, q, gen, solver, num_iters)
+    return _implicit_root_for(gen)(theta, q, tau)
+
+
+def _softargmax_last(theta, q, gen, solver, num_iters) -> Array:
+    return _probabilities(theta, q, _root(theta, q, gen, solver, num_iters), gen)
+
+
+def _value(theta: Array, q: Array, tau: Array, gen: Generator) -> tuple[Array, Array]:
+    """``τ + Σ_j q_j f*(θ_j − τ)`` over unmasked classes (−inf for an empty row)."""
+    unmasked = theta != -jnp.inf
+    conj = jnp.where(unmasked, gen.conj(theta - tau[..., None]), 0.0)
+    value = tau + jnp.sum(q * conj, axis=-1)
+    empty = ~jnp.any(unmasked, axis=-1)
+    return jnp.where(empty, -jnp.inf, value), conj
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _softmax_last(theta, q, gen, solver, num_iters) -> Array:
+    stats = rf.row_stats(theta, q)
+    tau = stats.shift + rf.solve(stats, q, gen, solver, num_iters)
+    return _value(theta, q, tau, gen)[0]
+
+
+@functools.partial(_softmax_last.defjvp, symbolic_zeros=True)
+def _softmax_last_jvp(gen, solver, num_iters, primals, tangents):
+    theta, q = primals
+    dtheta, dq = tangents
+    tau = _root(theta, q, gen, solver, num_iters)
+    value, conj = _value(theta, q, tau, gen)
+    tangent = jnp.zeros_like(value)
+    if not isinstance(dtheta, SymbolicZero):
+        p = _probabilities(theta, q, tau, gen)
+        tangent = tangent + jnp.sum(jnp.where(p > 0, p * dtheta, 0.0), axis=-1)
+    if not isinstance(dq, SymbolicZero):
+        tangent = tangent + jnp.sum(conj * dq, axis=-1)
+    return value, tangent
+
+
+def _check_solver(solver: str) -> None:
+    if solver not in rf.SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(rf.SOLVERS)}")
+
+
+def f_softargmax(
+    logits: Array,
+    divergence: str | Generator,
+    *,
+    q: _rows.QLike = None,
+    axis: int = -1,
+    where: Array | None = None,
+    temperature: float | Array = 1.0,
+    solver: str = "auto",
+    num_iters: int | None = None,
+) -> Array:
+    r"""The f-softargmax: the distribution ``argmax_{p ∈ Δ} ⟨p, θ⟩ − D_f(p, q)``.
+
+    ``p*_j = q_j (f*)'(θ_j − τ*)`` with one threshold ``τ*`` per row. KL gives
+    ``softmax(θ + log q)``; χ² and ``alpha:2`` give sparsemax (of ``θ / 2`` and
+    ``θ`` with unit ``q``); ``alpha:1.5`` with unit ``q`` is entmax-1.5.
+
+    Args:
+      logits: scores ``θ``, any shape; the classes lie along ``axis``. Half
+        precision is solved in float32 and cast back.
+      divergence: a name (``"kl"``, ``"reverse_kl"``, ``"chi2"``, ``"hellinger"``,
+        ``"js"``, ``"alpha:<value>"``) or a :class:`~fdiv.Generator`.
+      q: reference measure: ``None`` or ``"uniform"`` (``1/k`` over the row's
+        unmasked classes), ``"unit"`` (1), or a non-negative array broadcastable
+        to ``logits`` (classes with ``q_j = 0`` get zero mass; differentiable).
+      axis: the class axis.
+      where: boolean mask broadcastable to ``logits``; ``False`` classes get zero
+        mass (as do ``-inf`` logits). A row with every class masked gives zeros.
+      temperature: positive; the operator is applied to ``logits / temperature``.
+      solver: ``"auto"`` (default), ``"newton"`` or ``"bisect"`` (see
+        :mod:`fdiv.root_finding`).
+      num_iters: solver iterations (default: per solver and dtype).
+
+    Returns:
+      Probabilities of the shape and dtype of ``logits``; exactly zero off the
+      support for sparse divergences. A NaN or ``+inf`` logit makes its own row NaN.
+
+    Example:
+      >>> import jax.numpy as jnp, fdiv
+      >>> fdiv.f_softargmax(jnp.array([2.0, 1.0, -1.0]), "alpha:1.5", q="unit")
+      Array([0.85..., 0.14..., 0.  ], dtype=float32)
+
+    References:
+      Roulet, Liu, Vieillard, Sander, Blondel. Loss Functions and Operators
+      Generated by f-Divergences. ICML 2025.
+    """
+    gen = get_generator(divergence)
+    _check_solver(solver)
+    theta, q_arr, logits = _rows.prepare(
+        logits, q, axis=axis, where=where, temperature=temperature
+    )
+    p = _softargmax_last(theta, q_arr, gen, solver, num_iters)
+    return _rows.restore_axis(p, axis, logits.ndim).astype(logits.dtype)
+
+
+def f_softmax(
+    logits: Array,
+    divergence: str | Generator,
+    *,
+    q: _rows.QLike = None,
+    axis: int = -1,
+    where: Array | None = None,
+    temperature: float | Array = 1.0,
+    solver: str = "auto",
+    num_iters: int | None = None,
+) -> Array:
+    r"""The f-softmax value ``softmax_f(θ; q) = max_{p ∈ Δ} ⟨p, θ⟩ − D_f(p, q)``.
+
+    The log-sum-exp analogue: ``softmax_f(θ; q) = τ* + Σ_j q_j f*(θ_j − τ*)``.
+    Convex in ``θ``, ``softmax_f(θ + c) = softmax_f(θ) + c``, and its gradient is
+    :func:`f_softargmax` (``∇_q = f*(θ − τ*)``), by a custom derivative rule
+    that never differentiates the solver.
+
+    Args: as :func:`f_softargmax`.
+
+    Returns:
+      The value for each row: ``logits`` with ``axis`` removed, in the dtype of
+      ``logits``; ``-inf`` for a row with every class masked.
+
+    Example:
+      >>> import jax.numpy as jnp, fdiv
+      >>> x = jnp.array([1.0, 2.0, 3.0])
+      >>> bool(jnp.allclose(fdiv.f_softmax(x, "kl", q="unit"),
+      ...                   jax.nn.logsumexp(x) + 1.0 - 3.0))
+      True
+    """
+    gen = get_generator(divergence)
+    _check_solver(solver)
+    theta, q_arr, logits = _rows.prepare(
+        logits, q, axis=axis, where=where, temperature=temperature
+    )
+    return _softmax_last(theta, q_arr, gen, solver, num_iters).astype(logits.dtype)
+
+
+def f_sigmoid(
+    x: Array,
+    divergence: str | Generator,
+    *,
+    q: _rows.QLike = None,
+    temperature: float | Array = 1.0,
+    solver: str = "auto",
+) -> Array:
+    """The two-class f-softargmax ``f_softargmax([x, 0])[0]``: the sigmoid analogue.
+
+    ``"kl"`` with uniform or unit ``q`` gives ``jax.nn.sigmoid``. ``q`` is
+    ``"uniform"``, ``"unit"`` or an array ``[..., 2]`` for the (positive, negative)
+    classes.
+
+    Example:
+      >>> import jax.numpy as jnp, fdiv
+      >>> fdiv.f_sigmoid(jnp.array([-3.0, 0.0, 3.0]), "chi2", q="unit")
+      Array([0.   , 0.5  , 1.   ], dtype=float32)
+    """
+    logits = jnp.stack([x, jnp.zeros_like(x)], axis=-1)
+    p = f_softargmax(logits, divergence, q=q, temperature=temperature, solver=solver)
+    return p[..., 0]

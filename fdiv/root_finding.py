@@ -1,0 +1,173 @@
+"""The scalar root behind every f-softargmax: one threshold ``τ`` per row.
+
+``p_j = q_j (f*)'(θ_j − τ)`` is a distribution exactly when ``τ`` solves
+
+    g(τ) = S(τ) − 1 = 0,        S(τ) = Σ_j q_j (f*)'(θ_j − τ),
+
+and ``S`` is non-increasing. Each pass of any solver below is one elementwise
+map and one reduction over the classes: parallel over rows, no sort.
+
+Bracket (with ``θ`` shifted so that its row max is 0, ``j⁺`` the argmax,
+``Q = Σ_j q_j``): ``τ_lo = −f'(1 / q_{j⁺})`` (the argmax alone has mass 1) and
+``τ_hi = −f'(1 / Q)`` (no class has more than its share ``q_j / Q``). When
+``(f*)'`` is convex, Jensen's inequality gives a second lower bound
+``Σ_j q_j θ_j / Q − f'(1 / Q)``, much tighter for rows without outliers.
+
+Solvers:
+
+* ``"bisect"``: the paper's fixed number of bisection steps.
+* ``"newton"``: Newton's method on ``F(τ) = f'(S(τ))`` rather than on ``g``.
+  The transform makes the step exact for KL (one step is the log-sum-exp) and
+  whenever one class carries the support, and keeps ``F`` convex for the
+  α-divergences with α ≤ 2 (``S^{α−1}`` is a power mean of affine functions of
+  ``τ``), so Newton started at the left end of the bracket increases
+  monotonically to ``τ*`` without overshooting. For α > 2 it starts from the
+  right end. Each step is safeguarded by the bracket: a step that leaves it, or
+  is not finite, is replaced by bisection.
+* ``"auto"``: the closed form for KL (log-sum-exp, no search) and Newton for
+  every other generator.
+
+The root is never differentiated: the operators and losses differentiate it
+implicitly (see operators.py), so the iterates are not stored.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fdiv.divergences import KL, Generator
+
+Array = jax.Array
+SOLVERS = ("auto", "bisect", "newton")
+
+# Fixed iteration counts, per solver and compute dtype (bits of the mantissa).
+# Bisection halves a bracket up to ~2√k wide (α = 1.5, uniform q, k = 256k):
+# 30 halvings reach the float32 resolution, 60 the float64 one. Newton on the
+# transformed function converges quadratically from the Jensen bound; the counts
+# cover the adversarial rows of tests/test_solvers.py.
+_ITERATIONS = {
+    ("bisect", 24): 30,
+    ("bisect", 53): 60,
+    ("newton", 24): 8,
+    ("newton", 53): 12,
+}
+
+
+class RowStats(NamedTuple):
+    """Per-row quantities every solver starts from (classes on the last axis)."""
+
+    z: Array  # logits minus the row max, -inf for masked classes
+    shift: Array  # the row max (0 for a row with every class masked)
+    q_sum: Array  # Q = Σ_j q_j over unmasked classes (1 for an empty row)
+    q_top: Array  # q at the argmax (1 for an empty row)
+    empty: Array  # True where every class is masked
+
+
+def row_stats(theta: Array, q: Array) -> RowStats:
+    """Shift by the row max and collect the reference-measure sums of each row."""
+    m = jnp.max(theta, axis=-1)
+    # NaN rows are not empty: their NaN must propagate, not be masked away.
+    empty = m == -jnp.inf
+    shift = jnp.where(empty, 0.0, m)
+    z = theta - shift[..., None]
+    unmasked = z != -jnp.inf
+    if q.shape[-1] == 1:
+        q_row = jnp.broadcast_to(q[..., 0], shift.shape)
+        q_sum = q_row * jnp.sum(unmasked, axis=-1).astype(z.dtype)
+        q_top = q_row
+    else:
+        q_full = jnp.broadcast_to(q, z.shape)
+        q_sum = jnp.sum(jnp.where(unmasked, q_full, 0.0), axis=-1)
+        top = jnp.argmax(z, axis=-1)[..., None]
+        q_top = jnp.take_along_axis(q_full, top, axis=-1)[..., 0]
+    q_sum = jnp.where(empty, 1.0, q_sum)
+    q_top = jnp.where(empty, 1.0, q_top)
+    return RowStats(z, shift, q_sum, q_top, empty)
+
+
+def bracket(stats: RowStats, q: Array, gen: Generator) -> tuple[Array, Array]:
+    """``(τ_lo, τ_hi)`` with ``g(τ_lo) ≥ 0 ≥ g(τ_hi)``, in the shifted frame."""
+    lo = -gen.f_prime(1.0 / stats.q_top)
+    hi = -gen.f_prime(1.0 / stats.q_sum)
+    if gen.newton_from_left:  # (f*)' convex: Jensen's lower bound
+        weighted = jnp.where(stats.z != -jnp.inf, q * stats.z, 0.0)
+        mean = jnp.sum(weighted, axis=-1) / stats.q_sum
+        lo = jnp.maximum(lo, jnp.minimum(mean + hi, hi))
+    return lo, hi
+
+
+def default_iterations(solver: str, dtype) -> int:
+    bits = 53 if jnp.finfo(dtype).nmant > 23 else 24
+    return _ITERATIONS[(solver, bits)]
+
+
+def _mass(z: Array, q: Array, tau: Array, gen: Generator) -> Array:
+    return jnp.sum(q * gen.conj_grad(z - tau[..., None]), axis=-1)
+
+
+def _bisect(stats, q, gen, lo, hi, num_iters):
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = _mass(stats.z, q, mid, gen) >= 1.0
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, num_iters, step, (lo, hi))
+    return 0.5 * (lo + hi)
+
+
+def _newton(stats, q, gen, lo, hi, num_iters):
+    def step(_, state):
+        tau, lo, hi = state
+        v = stats.z - tau[..., None]
+        s = jnp.sum(q * gen.conj_grad(v), axis=-1)
+        d = jnp.sum(q * gen.conj_hess(v), axis=-1)
+        lo = jnp.where(s >= 1.0, tau, lo)
+        hi = jnp.where(s <= 1.0, tau, hi)
+        # Newton on F = f'(S): F' = −f''(S) S'... with S' = −d.
+        new = tau + gen.f_prime(s) / (gen.f_prime2(s) * d)
+        inside = jnp.isfinite(new) & (new >= lo) & (new <= hi)
+        return jnp.where(inside, new, 0.5 * (lo + hi)), lo, hi
+
+    start = lo if gen.newton_from_left else hi
+    tau, _, _ = jax.lax.fori_loop(0, num_iters, step, (start, lo, hi))
+    return tau
+
+
+def solve(
+    stats: RowStats,
+    q: Array,
+    gen: Generator,
+    solver: str = "auto",
+    num_iters: int | None = None,
+) -> Array:
+    """The root ``τ`` of each row, in the frame shifted by ``stats.shift``.
+
+    Args:
+      stats: from :func:`row_stats`.
+      q: the reference measure, broadcastable to ``stats.z``.
+      gen: the generator.
+      solver: ``"auto"``, ``"bisect"`` or ``"newton"`` (see the module docstring).
+      num_iters: iterations of the chosen solver; ``None`` for the per-dtype
+        default. Ignored by the KL closed form.
+
+    Returns:
+      ``τ`` with the shape of ``stats.shift``, not differentiable (stop_gradient).
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+    stats = jax.tree.map(jax.lax.stop_gradient, stats)
+    q = jax.lax.stop_gradient(q)
+    if solver == "auto" and isinstance(gen, KL):
+        tau = jnp.log(jnp.sum(q * jnp.exp(stats.z), axis=-1))
+        return jnp.where(stats.empty, 0.0, tau)
+    if solver == "auto":
+        solver = "newton"
+    if num_iters is None:
+        num_iters = default_iterations(solver, stats.z.dtype)
+    lo, hi = bracket(stats, q, gen)
+    run = _bisect if solver == "bisect" else _newton
+    return run(stats, q, gen, lo, hi, num_iters)

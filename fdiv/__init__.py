@@ -10,13 +10,13 @@ The public API:
 """
 
 from fdiv.divergences import (
+    KL,
     Alpha,
     Chi2,
     CustomGenerator,
     Generator,
     Hellinger,
     JensenShannon,
-    KL,
     ReverseKL,
     get_generator,
     register,

@@ -66,9 +66,7 @@ def _reference_measure(q: QLike, shape: tuple[int, ...], dtype) -> Array | str:
     return q
 
 
-def prepare(
-    logits, q: QLike, *, axis: int, where, temperature
-) -> tuple[Array, Array, Array]:
+def prepare(logits, q: QLike, *, axis: int, where, temperature) -> tuple[Array, Array, Array]:
     """Returns ``(theta, q, logits)``: classes last, compute dtype, masks as ``-inf``.
 
     ``logits`` is returned validated (and unmoved) for the caller's output dtype.

@@ -90,9 +90,7 @@ def fdiv_loss(
     """
     gen = get_generator(divergence)
     _check_solver(solver)
-    theta, q_arr, logits = _rows.prepare(
-        logits, q, axis=axis, where=where, temperature=temperature
-    )
+    theta, q_arr, logits = _rows.prepare(logits, q, axis=axis, where=where, temperature=temperature)
     labels = jnp.asarray(labels)
     if labels.shape != logits.shape:
         raise ValueError(
@@ -165,10 +163,10 @@ def fdiv_loss_with_integer_labels(
     k = logits.shape[axis]
     known = _rows.concrete_or_none(labels)
     if known is not None and known.size and (known.min() < 0 or known.max() >= k):
-        raise ValueError(f"labels must lie in [0, {k}), got values in [{known.min()}, {known.max()}]")
-    theta, q_arr, logits = _rows.prepare(
-        logits, q, axis=axis, where=where, temperature=temperature
-    )
+        raise ValueError(
+            f"labels must lie in [0, {k}), got values in [{known.min()}, {known.max()}]"
+        )
+    theta, q_arr, logits = _rows.prepare(logits, q, axis=axis, where=where, temperature=temperature)
     unmasked = theta != -jnp.inf
     index = jnp.clip(labels, 0, k - 1)[..., None]
     theta_y = jnp.take_along_axis(theta, index, axis=-1)[..., 0]

@@ -157,9 +157,7 @@ def f_softargmax(
     """
     gen = get_generator(divergence)
     _check_solver(solver)
-    theta, q_arr, logits = _rows.prepare(
-        logits, q, axis=axis, where=where, temperature=temperature
-    )
+    theta, q_arr, logits = _rows.prepare(logits, q, axis=axis, where=where, temperature=temperature)
     p = _softargmax_last(theta, q_arr, gen, solver, num_iters)
     return _rows.restore_axis(p, axis, logits.ndim).astype(logits.dtype)
 
@@ -197,9 +195,7 @@ def f_softmax(
     """
     gen = get_generator(divergence)
     _check_solver(solver)
-    theta, q_arr, logits = _rows.prepare(
-        logits, q, axis=axis, where=where, temperature=temperature
-    )
+    theta, q_arr, logits = _rows.prepare(logits, q, axis=axis, where=where, temperature=temperature)
     return _softmax_last(theta, q_arr, gen, solver, num_iters).astype(logits.dtype)
 
 

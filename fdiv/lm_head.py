@@ -1,0 +1,425 @@
+r"""A memory-efficient language-model head: the output projection fused with the loss.
+
+For hidden states ``h_i ∈ R^D`` (one per token), an output projection ``W ∈ R^{D×V}``
+and targets ``y_i ∈ Δ^V``, :func:`fused_linear_fdiv_loss` computes
+
+    ℓ_i = softmax_f(θ_i; q) + D_f(y_i, q) − ⟨θ_i, y_i⟩,        θ_i = h_i W / T,
+
+exactly as :func:`fdiv.fdiv_loss_with_integer_labels` / :func:`fdiv.fdiv_loss` applied to
+``hidden @ weight`` do, without ever holding the ``[N, V]`` logits. The tokens are cut into
+chunks of ``C`` rows; a ``lax.scan`` over the chunks computes each chunk's logits (a matmul
+in the input dtype with float32 accumulation), the row thresholds ``τ*`` with
+:mod:`fdiv.root_finding`, and the loss. The gradients follow from ``∇_θ ℓ_i = p*_i − y_i``
+with ``p*_i = q ⊙ (f*)'(θ_i − τ*_i)``:
+
+    ∇_h ℓ = (P* − Y) Wᵀ / T,        ∇_W ℓ = hᵀ (P* − Y) / T,
+
+accumulated chunk by chunk (``∇_W`` in float32). A custom VJP keeps only ``τ*`` (one
+float per token) from the forward pass with ``reduction="none"`` and recomputes each chunk's
+logits and ``p*`` in the backward pass; with ``reduction="sum"`` or ``"mean"`` the cotangent
+is a scalar, so the forward pass computes both gradients directly and the backward pass
+only scales them. Peak memory is ``O(C·V + D·V)`` instead of ``O(N·V)``.
+
+For sparse divergences (``"chi2"``, ``"alpha:α"`` with α > 1), ``p*`` is exactly zero off
+its support, as in the unfused loss.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fdiv import _rows
+from fdiv import root_finding as rf
+from fdiv.divergences import Generator, get_generator
+from fdiv.losses import _divergence_to_reference
+from fdiv.operators import _check_solver, _probabilities, _value
+
+Array = jax.Array
+REDUCTIONS = ("none", "sum", "mean")
+# Label kinds: class indices [N], dense distributions [N, V], top-k (indices, values) [N, K].
+_INTEGER, _DENSE, _TOPK = "integer", "dense", "topk"
+
+
+class _Static(NamedTuple):
+    """The hashable configuration of one fused call (custom_vjp's non-differentiable part)."""
+
+    gen: Generator
+    solver: str
+    num_iters: int | None
+    reduction: str
+    temperature: float
+    uniform_q: bool  # q is the uniform measure over the unmasked classes (no q array)
+    kind: str  # _INTEGER, _DENSE or _TOPK
+    dtype: jnp.dtype  # of hidden and weight (and so of their gradients)
+
+
+def _one_hot_divergence(q_y: Array, label_ok: Array, q_sum: Array, gen: Generator) -> Array:
+    """``D_f(e_y, q) = q_y f(1/q_y) + (Q − q_y) f(0)``, as in ``fdiv_loss_with_integer_labels``.
+
+    The second term is dropped when ``f(0) = +∞`` (constant in θ); a masked label is ``+∞``.
+    """
+    q_y_safe = jnp.where(label_ok, q_y, 1.0)
+    d = jnp.where(label_ok, q_y_safe * gen.f(1.0 / q_y_safe), jnp.inf)
+    if math.isfinite(gen.f_at_zero):
+        d = d + (q_sum - jnp.where(label_ok, q_y, 0.0)) * gen.f_at_zero
+    return d
+
+
+def _top_k_divergence(
+    q_k: Array, values: Array, ok_k: Array, q_sum: Array, gen: Generator
+) -> Array:
+    """``D_f(y, q)`` for ``y`` zero outside distinct indices ``k`` (the dense sum, made sparse).
+
+    ``Σ_j q_j f(y_j/q_j) = Q f(0) + Σ_k q_k (f(y_k/q_k) − f(0))`` over unmasked classes; with
+    ``f(0) = +∞`` the ``y_j = 0`` terms are dropped as in :func:`fdiv.fdiv_loss`. Target mass on
+    a masked class is ``+∞``.
+    """
+    q_safe = jnp.where(ok_k, q_k, 1.0)
+    positive = values > 0
+    if math.isfinite(gen.f_at_zero):
+        terms = q_safe * (gen.f(values / q_safe) - gen.f_at_zero)
+        base = q_sum * gen.f_at_zero
+    else:
+        v_safe = jnp.where(positive, values, 1.0)
+        terms = jnp.where(positive, q_safe * gen.f(v_safe / q_safe), 0.0)
+        base = 0.0
+    terms = jnp.where(ok_k, terms, jnp.where(positive, jnp.inf, 0.0))
+    return base + jnp.sum(terms, axis=-1)
+
+
+def _chunk_theta(
+    static: _Static, h: Array, weight: Array, chunk: dict, consts: dict
+) -> tuple[Array, Array]:
+    """The chunk's ``θ = h W / T`` (accumulated in float32 at least) and its ``q``."""
+    acc = _rows.compute_dtype(h.dtype)
+    logits = jnp.einsum("cd,dv->cv", h, weight, preferred_element_type=acc)
+    # A per-token q travels with the chunk; a per-class one is shared by all chunks.
+    q = "uniform" if static.uniform_q else chunk.get("q", consts.get("q"))
+    theta, q_arr, _ = _rows.prepare(
+        logits, q, axis=-1, where=consts["class_ok"], temperature=static.temperature
+    )
+    return theta, q_arr
+
+
+def _chunk_targets(static: _Static, theta: Array, chunk: dict) -> Array:
+    """The dense target ``y`` of the chunk, zero on masked classes (the gradient's ``−y``)."""
+    unmasked = theta != -jnp.inf
+    if static.kind == _INTEGER:
+        classes = jax.lax.broadcasted_iota(jnp.int32, theta.shape, 1)
+        return jnp.where(unmasked & (classes == chunk["labels"][:, None]), 1.0, 0.0).astype(
+            theta.dtype
+        )
+    if static.kind == _DENSE:
+        y = chunk["labels"].astype(theta.dtype)
+    else:
+        rows = jnp.arange(theta.shape[0])[:, None]
+        y = (
+            jnp.zeros_like(theta)
+            .at[rows, chunk["indices"]]
+            .add(chunk["values"].astype(theta.dtype), mode="drop")
+        )
+    return jnp.where(unmasked, y, 0.0)
+
+
+def _has_grad(static: _Static, theta: Array, chunk: dict) -> Array:
+    """Tokens with a gradient: unmasked, not every class masked, an in-range integer label."""
+    ok = chunk["token_ok"] & jnp.any(theta != -jnp.inf, axis=-1)
+    if static.kind == _INTEGER:
+        ok = ok & (chunk["labels"] >= 0) & (chunk["labels"] < theta.shape[-1])
+    return ok
+
+
+def _chunk_loss(static: _Static, theta: Array, q_arr: Array, chunk: dict) -> tuple[Array, Array]:
+    """Per-token loss and absolute ``τ*`` of one chunk."""
+    gen = static.gen
+    stats = rf.row_stats(theta, q_arr)
+    tau = stats.shift + rf.solve(stats, q_arr, gen, static.solver, static.num_iters)
+    value, _ = _value(theta, q_arr, tau, gen)
+    unmasked = theta != -jnp.inf
+    valid = jnp.ones(theta.shape[:1], bool)
+    if static.kind == _INTEGER:
+        k = theta.shape[-1]
+        labels = chunk["labels"]
+        valid = (labels >= 0) & (labels < k)
+        index = jnp.clip(labels, 0, k - 1)[:, None]
+        theta_y = jnp.take_along_axis(theta, index, axis=-1)[:, 0]
+        q_y = jnp.take_along_axis(jnp.broadcast_to(q_arr, theta.shape), index, axis=-1)[:, 0]
+        label_ok = theta_y != -jnp.inf
+        divergence = _one_hot_divergence(q_y, label_ok, stats.q_sum, gen)
+        inner = jnp.where(label_ok, theta_y, 0.0)
+    elif static.kind == _DENSE:
+        y = chunk["labels"].astype(theta.dtype)
+        inner = jnp.sum(jnp.where(unmasked, theta, 0.0) * y, axis=-1)
+        divergence = _divergence_to_reference(y, q_arr, unmasked, gen)
+    else:
+        index = jnp.clip(chunk["indices"], 0, theta.shape[-1] - 1)
+        values = chunk["values"].astype(theta.dtype)
+        theta_k = jnp.take_along_axis(theta, index, axis=-1)
+        q_k = jnp.take_along_axis(jnp.broadcast_to(q_arr, theta.shape), index, axis=-1)
+        ok_k = theta_k != -jnp.inf
+        inner = jnp.sum(jnp.where(ok_k, theta_k, 0.0) * values, axis=-1)
+        divergence = _top_k_divergence(q_k, values, ok_k, stats.q_sum, gen)
+    loss = jnp.where(valid, value + divergence - inner, jnp.nan)
+    # A token with every class masked is padding (loss 0, no gradient), as in the unfused loss.
+    loss = jnp.where(~stats.empty & chunk["token_ok"], loss, 0.0)
+    return loss, tau
+
+
+def _chunk_dlogits(
+    static: _Static, theta: Array, q_arr: Array, tau: Array, g: Array, chunk: dict
+) -> Array:
+    """``g ⊙ (p* − y) / T`` for one chunk, zero for tokens without a gradient."""
+    p = _probabilities(theta, q_arr, tau, static.gen)
+    g = jnp.where(_has_grad(static, theta, chunk), g, 0.0)
+    dtheta = (p - _chunk_targets(static, theta, chunk)) * g[:, None]
+    return dtheta / static.temperature if static.temperature != 1.0 else dtheta
+
+
+def _chunk_grads(h: Array, weight: Array, dlogits: Array) -> tuple[Array, Array]:
+    """``(dlogits Wᵀ, hᵀ dlogits)``: matmuls in the input dtype, accumulated in float32."""
+    acc = _rows.compute_dtype(h.dtype)
+    dlogits = dlogits.astype(h.dtype)
+    dh = jnp.einsum("cv,dv->cd", dlogits, weight, preferred_element_type=acc)
+    dw = jnp.einsum("cd,cv->dv", h, dlogits, preferred_element_type=acc)
+    return dh, dw
+
+
+def _scan_forward(static: _Static, h: Array, weight: Array, aux: dict, *, with_grads: bool):
+    """One pass over the chunks: per-token losses and ``τ*``, and optionally the gradients.
+
+    With ``with_grads`` (scalar reductions) the gradients of the reduced loss are returned
+    unscaled by the upstream cotangent: ``(losses, taus, dh, dweight)``.
+    """
+    consts, xs = aux["consts"], aux["chunks"]
+    acc = _rows.compute_dtype(h.dtype)
+
+    def body(dweight, x):
+        h_c, chunk = x
+        theta, q_arr = _chunk_theta(static, h_c, weight, chunk, consts)
+        loss, tau = _chunk_loss(static, theta, q_arr, chunk)
+        if not with_grads:
+            return dweight, (loss, tau)
+        dlogits = _chunk_dlogits(static, theta, q_arr, tau, consts["scale"], chunk)
+        dh, dw = _chunk_grads(h_c, weight, dlogits)
+        return dweight + dw, (loss, tau, dh)
+
+    init = jnp.zeros(weight.shape, acc) if with_grads else None
+    dweight, out = jax.lax.scan(body, init, (h, xs))
+    return (*out, dweight) if with_grads else out
+
+
+def _reduce(static: _Static, losses: Array, consts: dict) -> Array:
+    if static.reduction == "none":
+        return losses
+    return jnp.sum(losses) * consts["scale"]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused(static: _Static, h: Array, weight: Array, aux: dict) -> Array:
+    losses, _ = _scan_forward(static, h, weight, aux, with_grads=False)
+    return _reduce(static, losses, aux["consts"])
+
+
+def _fused_fwd(static: _Static, h: Array, weight: Array, aux: dict):
+    if static.reduction == "none":
+        losses, taus = _scan_forward(static, h, weight, aux, with_grads=False)
+        return losses, (h, weight, aux, taus)
+    losses, _, dh, dweight = _scan_forward(static, h, weight, aux, with_grads=True)
+    return _reduce(static, losses, aux["consts"]), (dh, dweight)
+
+
+def _fused_bwd(static: _Static, residuals, g: Array):
+    if static.reduction != "none":
+        dh, dweight = residuals
+        return (g * dh).astype(static.dtype), (g * dweight).astype(static.dtype), None
+    h, weight, aux, taus = residuals
+    consts, xs = aux["consts"], aux["chunks"]
+
+    def body(dweight, x):
+        h_c, chunk, tau, g_c = x
+        theta, q_arr = _chunk_theta(static, h_c, weight, chunk, consts)
+        dlogits = _chunk_dlogits(static, theta, q_arr, tau, g_c, chunk)
+        dh, dw = _chunk_grads(h_c, weight, dlogits)
+        return dweight + dw, dh
+
+    init = jnp.zeros(weight.shape, _rows.compute_dtype(h.dtype))
+    dweight, dh = jax.lax.scan(body, init, (h, xs, taus, g))
+    return dh.astype(static.dtype), dweight.astype(static.dtype), None
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _check_indices(indices, k: int, token_ok, what: str) -> None:
+    """Eager range check of label indices on unmasked tokens (under jit: NaN or dropped)."""
+    known = _rows.concrete_or_none(indices)
+    ok = _rows.concrete_or_none(token_ok)
+    if known is None or ok is None:
+        return
+    known = known[ok]
+    if known.size and (known.min() < 0 or known.max() >= k):
+        raise ValueError(
+            f"{what} must lie in [0, {k}), got values in [{known.min()}, {known.max()}]"
+        )
+
+
+def _chunked(x: Array, n_chunks: int, chunk: int, fill=0) -> Array:
+    """``x [N, ...]`` padded with ``fill`` to ``n_chunks · chunk`` rows, as chunks."""
+    pad = n_chunks * chunk - x.shape[0]
+    if pad:
+        x = jnp.concatenate([x, jnp.full((pad, *x.shape[1:]), fill, x.dtype)])
+    return x.reshape(n_chunks, chunk, *x.shape[1:])
+
+
+def fused_linear_fdiv_loss(
+    hidden: Array,
+    weight: Array,
+    labels: Array | tuple[Array, Array],
+    divergence: str | Generator,
+    *,
+    q: _rows.QLike = None,
+    where: Array | None = None,
+    class_where: Array | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    reduction: str = "none",
+    solver: str = "auto",
+    num_iters: int | None = None,
+) -> Array:
+    r"""The f-divergence loss of ``hidden @ weight`` without materialising the logits.
+
+    ``ℓ_i = softmax_f(θ_i; q) + D_f(y_i, q) − ⟨θ_i, y_i⟩`` with ``θ_i = h_i W / T``; the
+    same values and gradients (for ``hidden`` and ``weight``) as
+    ``fdiv.fdiv_loss_with_integer_labels(hidden @ weight, labels, divergence, ...)`` (or
+    :func:`fdiv.fdiv_loss` for soft targets), computed ``chunk_size`` tokens at a time so
+    that peak memory is ``O(chunk_size · V + D · V)`` instead of ``O(N · V)``. Matmuls run in
+    the input dtype (e.g. bfloat16) with float32 accumulation, the root search in float32
+    (float64 for float64 inputs); the gradient of ``weight`` is accumulated in float32.
+
+    Args:
+      hidden: ``[N, D]`` hidden states (the tokens).
+      weight: ``[D, V]`` output projection.
+      labels: the targets, one of: integer class indices ``[N]``; target distributions
+        ``[N, V]``; or top-k targets for distillation, a pair ``(indices [N, K] int,
+        values [N, K])`` meaning ``y_{i, indices[i, k]} = values[i, k]`` and zero elsewhere
+        (indices distinct within a row).
+      divergence: a name (``"kl"``, ``"reverse_kl"``, ``"chi2"``, ``"hellinger"``, ``"js"``,
+        ``"alpha:<value>"``) or a :class:`~fdiv.Generator`.
+      q: reference measure: ``None``/``"uniform"``, ``"unit"``, or a non-negative array
+        broadcastable to ``[N, V]`` (a class prior ``[V]`` or a per-token ``[N, V]``). It is
+        treated as a constant: no gradient flows to ``q`` here (use the unfused loss to
+        learn it).
+      where: ``[N]`` boolean token mask: a ``False`` token has loss 0 and no gradient
+        (padding; its label may be anything, e.g. ``-100``). Note: this masks tokens,
+        unlike ``where`` in :func:`fdiv.fdiv_loss`, which masks classes.
+      class_where: ``[V]`` boolean class mask: ``False`` classes get no mass (the unfused
+        loss's ``where``). A target on a masked class has an infinite loss.
+      temperature: a positive Python float ``T``: the loss of ``hidden @ weight / T``.
+      chunk_size: tokens per chunk (any positive integer; the last chunk is padded).
+      reduction: ``"none"`` (per-token losses ``[N]``), ``"sum"``, or ``"mean"`` (the sum
+        divided by the number of unmasked tokens, at least 1).
+      solver, num_iters: see :func:`fdiv.f_softargmax`.
+
+    Returns:
+      Per-token losses ``[N]`` or their sum/mean; float32 for half-precision inputs.
+      Integer labels outside ``[0, V)`` on unmasked tokens raise ``ValueError`` when known
+      (eager); under jit they give a NaN loss and no gradient, as in the unfused loss.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from fdiv.lm_head import fused_linear_fdiv_loss
+      >>> hidden = jax.random.normal(jax.random.key(0), (10, 8))
+      >>> weight = jax.random.normal(jax.random.key(1), (8, 50))
+      >>> labels = jnp.arange(10)
+      >>> loss = lambda h, w: fused_linear_fdiv_loss(
+      ...     h, w, labels, "alpha:1.5", chunk_size=4, reduction="mean")
+      >>> value, (d_hidden, d_weight) = jax.value_and_grad(loss, argnums=(0, 1))(hidden, weight)
+      >>> d_hidden.shape, d_weight.shape
+      ((10, 8), (8, 50))
+
+    References:
+      Roulet, Liu, Vieillard, Sander, Blondel. Loss Functions and Operators Generated by
+      f-Divergences. ICML 2025.
+    """
+    gen = get_generator(divergence)
+    _check_solver(solver)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
+    if not (isinstance(chunk_size, int) and chunk_size > 0):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be a positive Python float, got {temperature!r}")
+    hidden, weight = jnp.asarray(hidden), jnp.asarray(weight)
+    if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[0]:
+        raise ValueError(
+            f"expected hidden [N, D] and weight [D, V], got {hidden.shape} and {weight.shape}"
+        )
+    dtype = jnp.result_type(hidden, weight)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"hidden and weight must be floating point, got {dtype}")
+    hidden, weight = hidden.astype(dtype), weight.astype(dtype)
+    n, k = hidden.shape[0], weight.shape[1]
+
+    token_ok = jnp.ones(n, bool) if where is None else jnp.asarray(where, bool)
+    if token_ok.shape != (n,):
+        raise ValueError(f"where must be a [N] token mask of shape {(n,)}, got {token_ok.shape}")
+    if isinstance(labels, tuple):
+        indices, values = (jnp.asarray(x) for x in labels)
+        if indices.shape != values.shape or indices.shape[:1] != (n,) or indices.ndim != 2:
+            raise ValueError(
+                f"top-k labels must be (indices [N, K], values [N, K]) with N = {n}, "
+                f"got {indices.shape} and {values.shape}"
+            )
+        if not jnp.issubdtype(indices.dtype, jnp.integer):
+            raise ValueError(f"top-k indices must be integers, got dtype {indices.dtype}")
+        _check_indices(indices, k, token_ok, "top-k indices")
+        kind, targets = _TOPK, {"indices": indices, "values": values}
+    else:
+        labels = jnp.asarray(labels)
+        if labels.shape == (n,) and jnp.issubdtype(labels.dtype, jnp.integer):
+            _check_indices(labels, k, token_ok, "labels")
+            kind, targets = _INTEGER, {"labels": labels}
+        elif labels.shape == (n, k):
+            kind, targets = _DENSE, {"labels": labels}
+        else:
+            raise ValueError(
+                f"labels must be integers [N] = {(n,)}, distributions [N, V] = {(n, k)}, or a "
+                f"top-k pair (indices, values); got shape {labels.shape}, dtype {labels.dtype}"
+            )
+
+    compute = _rows.compute_dtype(dtype)
+    q_arr = _rows._reference_measure(q, (n, k), compute)
+    consts: dict = {"class_ok": None if class_where is None else jnp.asarray(class_where, bool)}
+    if consts["class_ok"] is not None and consts["class_ok"].shape != (k,):
+        raise ValueError(f"class_where must be a [V] mask of shape {(k,)}")
+    chunk_arrays = {**targets, "token_ok": token_ok}
+    if not isinstance(q_arr, str):
+        q_arr = jax.lax.stop_gradient(q_arr)
+        if q_arr.shape[0] == n and n > 1:  # per-token: chunked with the tokens
+            chunk_arrays["q"] = q_arr
+        else:
+            consts["q"] = q_arr
+    if reduction == "mean":
+        consts["scale"] = 1.0 / jnp.maximum(jnp.sum(token_ok), 1).astype(compute)
+    else:
+        consts["scale"] = jnp.ones((), compute)
+
+    chunk = min(chunk_size, max(n, 1))
+    n_chunks = -(-n // chunk)
+    # Padding rows are masked tokens: loss 0, no gradient, then cut off.
+    chunks = {
+        key: _chunked(x, n_chunks, chunk, False if key == "token_ok" else 0)
+        for key, x in chunk_arrays.items()
+    }
+    static = _Static(
+        gen, solver, num_iters, reduction, float(temperature), isinstance(q_arr, str), kind, dtype
+    )
+    out = _fused(
+        static, _chunked(hidden, n_chunks, chunk), weight, {"consts": consts, "chunks": chunks}
+    )
+    return out.reshape(-1)[:n] if reduction == "none" else out

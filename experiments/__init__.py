@@ -1,0 +1,1 @@
+"""Experiments of the paper, one package each, and the machinery they share (``common``)."""

@@ -1,0 +1,1 @@
+"""Image classification with f-divergence losses (``python -m experiments.classification``)."""

@@ -1,0 +1,1 @@
+"""Configs of the classification experiment: ``get_config()`` per file, ``base`` holds the keys."""

@@ -1,0 +1,227 @@
+"""Train an image classifier with an f-divergence loss, evaluate it, write one result row.
+
+    python -m experiments.classification \\
+        --config=experiments/classification/configs/fashion_mnist.py \\
+        --config.loss.divergence=alpha:1.5 --config.loss.q=uniform
+
+Rerunning the same command after an interruption resumes from the latest checkpoint in the
+run's workdir and finishes at the same final step; a finished run only re-evaluates and replaces
+its row. The row goes to ``config.results_csv`` (see ``experiments.common.results``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+from ml_collections import config_flags
+
+import fdiv
+from experiments.classification import task
+from experiments.common import (
+    checkpoint,
+    data,
+    models,
+    optim,
+    progress,
+    results,
+    sharding,
+    trainer,
+)
+from experiments.common import config as config_lib
+from experiments.common.progress import log
+
+EXPERIMENT = "classification"
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    str(Path(__file__).parent / "configs" / "fashion_mnist.py"),
+    "Config file; override keys with --config.<key>=<value>.",
+    lock_config=True,
+)
+# Keys that may change between a run and its resumption: they do not change the trajectory.
+RESUMABLE_CHANGES = (
+    "distributed",
+    "eval.",
+    "results_csv",
+    "train.checkpoint_every_steps",
+    "train.keep_checkpoints",
+    "train.log_every_steps",
+    "train.stop_after_steps",
+)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises :class:`config_lib.ConfigError` naming the first invalid value."""
+    c = config
+    config_lib.check(c, "name", bool, "expected a non-empty config name")
+    config_lib.check_one_of(c, "data.name", data.NUM_CLASSES)
+    config_lib.check_one_of(c, "data.augment", task.AUGMENTATIONS)
+    config_lib.check_one_of(c, "model.name", models.NAMES)
+    config_lib.check_one_of(c, "model.dtype", ("float32", "bfloat16"))
+    config_lib.check_one_of(c, "model.stem", ("imagenet", "cifar"))
+    config_lib.check_one_of(c, "loss.q", task.REFERENCE_MEASURES)
+    config_lib.check_one_of(c, "optim.name", optim.NAMES)
+    config_lib.check_one_of(c, "optim.schedule", optim.SCHEDULES)
+    try:
+        fdiv.get_generator(c.loss.divergence)
+    except ValueError as e:
+        raise config_lib.ConfigError(f"config.loss.divergence = {c.loss.divergence!r}: {e}") from e
+    for key in ("optim.learning_rate", "train.steps", "train.batch_size", "eval.batch_size"):
+        config_lib.check_positive(c, key)
+    for key in ("train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints"):
+        config_lib.check_positive(c, key)
+    for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip_norm"):
+        config_lib.check_positive(c, key, allow_zero=True)
+    for key in ("data.train_size", "data.test_size", "train.eval_every_steps"):
+        config_lib.check_positive(c, key, allow_zero=True)
+    config_lib.check_positive(c, "train.stop_after_steps", allow_zero=True)
+    config_lib.check_positive(c, "eval.ece_bins")
+    devices = jax.device_count()
+    for key in ("train.batch_size", "eval.batch_size"):
+        config_lib.check(c, key, lambda b: b % devices == 0, f"not divisible by {devices} devices")
+    if c.loss.q == "prior" and c.data.name in data.STREAMED:
+        raise config_lib.ConfigError(
+            f"config.loss.q = 'prior' needs the training labels in memory; {c.data.name} is "
+            "streamed. Use 'uniform' (its classes are close to balanced)."
+        )
+
+
+def _check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Refuses to resume a run whose recorded config differs in a key that changes training."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    changes = [
+        d
+        for d in config_lib.diff(json.loads(path.read_text()), config_lib.to_dict(config))
+        if not d.startswith(RESUMABLE_CHANGES)
+    ]
+    if changes:
+        raise config_lib.ConfigError(
+            f"workdir {workdir} holds a run with another config ({'; '.join(changes)}). "
+            "Set --config.workdir (or --config.run_name) to start a new run, or delete it."
+        )
+
+
+def _record_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(config_lib.to_dict(config), indent=2, sort_keys=True)
+    (workdir / "config.json").write_text(text + "\n")
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """Trains (resuming if possible), evaluates and writes the result row, which it returns.
+
+    Returns None when ``train.stop_after_steps`` stopped training before the final step.
+    """
+    validate(config)
+    if config.distributed:
+        jax.distributed.initialize()
+    run_name = config.run_name or task.default_run_name(
+        config.loss.divergence, config.loss.q, config.seed
+    )
+    workdir = Path(config.workdir or f"runs/{EXPERIMENT}/{config.name}/{run_name}")
+    _check_workdir(workdir, config)
+
+    source = data.make_source(config.data)
+    _record_config(workdir, config)
+    prior = source.class_prior() if config.loss.q == "prior" else None
+    mesh = sharding.make_mesh()
+    backbone = models.make_model(
+        config.model,
+        image_shape=source.image_shape,
+        num_classes=source.num_classes,
+        rngs=nnx.Rngs(config.seed),
+    )
+    model = task.Classifier(backbone, source.num_classes, learn_q=config.loss.q == "learned")
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
+    state = trainer.create_state(params, model_state, tx, jax.random.key(config.seed))
+    state = sharding.replicate(state, mesh)
+    loss_fn = task.make_loss_fn(graphdef, config, prior)
+    evaluate = task.make_evaluate(graphdef, config, prior, source, mesh)
+
+    checkpointer = checkpoint.Checkpointer(
+        workdir / "checkpoints", keep=config.train.keep_checkpoints
+    )
+    try:
+        train_time_s = 0.0
+        restored = checkpointer.restore_latest(state)
+        if restored is not None:
+            state, record = restored
+            train_time_s = record["train_time_s"]
+            log.info("resuming %s from step %d", workdir, int(state.step))
+        metrics_file = "metrics.jsonl" if jax.process_index() == 0 else "metrics.host.jsonl"
+        writer = progress.MetricsWriter(workdir / metrics_file, resume_step=int(state.step))
+        result = trainer.train(
+            state,
+            trainer.make_train_step(loss_fn, tx, schedule, mesh),
+            lambda start: source.train_batches(config.train.batch_size, config.seed, start),
+            mesh=mesh,
+            total_steps=config.train.steps,
+            examples_per_step=config.train.batch_size,
+            checkpointer=checkpointer,
+            writer=writer,
+            log_every=config.train.log_every_steps,
+            checkpoint_every=config.train.checkpoint_every_steps,
+            train_time_s=train_time_s,
+            stop_after=config.train.stop_after_steps,
+            eval_fn=evaluate,
+            eval_every=config.train.eval_every_steps,
+        )
+    finally:
+        checkpointer.close()
+    steps = int(result.state.step)
+    if steps < config.train.steps:
+        log.info("stopped at step %d of %d; rerun to resume", steps, config.train.steps)
+        return None
+
+    began = time.perf_counter()
+    test = evaluate(result.state)
+    eval_time_s = time.perf_counter() - began
+    writer.write(steps, "test", test)
+    log.info("test metrics: %s", test)
+    train_last = writer.last("train")
+    generator = fdiv.get_generator(config.loss.divergence)
+    row = {
+        "experiment": EXPERIMENT,
+        "config_name": config.name,
+        "run_name": run_name,
+        "divergence": config.loss.divergence,
+        "alpha": getattr(generator, "alpha", None),
+        "reference_measure": config.loss.q,
+        "seed": config.seed,
+        "steps": steps,
+        **{f"test_{k}": v for k, v in test.items()},
+        "train_loss": train_last.get("loss"),
+        "train_examples_per_s": train_last.get("examples_per_s"),
+        "wall_time_s": round(result.train_time_s + eval_time_s, 2),
+        "hardware": sharding.hardware(),
+        "git_commit": results.git_commit(),
+        "timestamp": results.timestamp(),
+        "config": config_lib.to_json(config),
+    }
+    if jax.process_index() == 0:
+        results.write_row(config.results_csv, row)
+        log.info("result row written to %s", config.results_csv)
+    return row
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    progress.setup_logging()
+    try:
+        run(_CONFIG.value)
+    except (
+        config_lib.ConfigError,
+        data.DatasetMissingError,
+        trainer.NonFiniteLossError,
+    ) as e:
+        sys.exit(f"error: {e}")

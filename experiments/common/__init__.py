@@ -1,0 +1,15 @@
+"""Machinery shared by the experiments: one small module per concern.
+
+``config``      load ml_collections config files, validate them, serialise them;
+``data``        image datasets in memory (Fashion-MNIST idx files, tfds) and batching;
+``tfds_stream`` streamed tfds image datasets (ImageNet) through tf.data;
+``preprocess``  on-device normalisation and augmentation;
+``models``      Flax NNX models (small CNN, ResNet-18/50);
+``optim``       optax optimisers, schedules and gradient clipping;
+``sharding``    the device mesh and data-parallel placement;
+``checkpoint``  orbax checkpoints with automatic resume;
+``progress``    progress log lines and the per-run metrics JSONL file;
+``trainer``     the train state, the jit'd train step and the training loop;
+``metrics``     calibration and support-size statistics;
+``results``     the results CSV: one atomic, file-locked row per finished run.
+"""

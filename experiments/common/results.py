@@ -1,0 +1,111 @@
+"""The results tables: one CSV row per finished run, written atomically under a file lock.
+
+Columns (design.md): ``experiment, config_name, run_name, divergence, alpha, reference_measure,
+seed, steps``, then every metric of the experiment, then ``wall_time_s, hardware, git_commit,
+timestamp, config`` (the full config as JSON). A run is identified by ``(experiment, config_name,
+run_name)``: writing a row replaces the row of the same run, so a repeated run never duplicates
+one. Each write rewrites the table into a temporary file and renames it over the old one, inside a
+lock (a ``.<name>.lock`` file next to the table), so concurrent runs and crashes never leave a
+partial row.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+KEY = ("experiment", "config_name", "run_name")
+LEADING = (*KEY, "divergence", "alpha", "reference_measure", "seed", "steps")
+TRAILING = ("wall_time_s", "hardware", "git_commit", "timestamp", "config")
+
+
+def _lock(path: Path) -> filelock.FileLock:
+    return filelock.FileLock(path.with_name(f".{path.name}.lock"))
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """All rows of the table (empty if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def done_runs(path: str | Path) -> set[tuple[str, ...]]:
+    """The ``KEY`` tuples of the runs that have a row."""
+    return {tuple(row[k] for k in KEY) for row in read_rows(path)}
+
+
+def write_row(path: str | Path, row: dict[str, Any]) -> None:
+    """Adds ``row`` to the table at ``path``, replacing any row of the same run."""
+    missing = [k for k in (*LEADING, *TRAILING) if k not in row]
+    if missing:
+        raise ValueError(f"result row lacks columns {missing}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = {k: _cell(v) for k, v in row.items()}
+    with _lock(path):
+        rows = [r for r in read_rows(path) if any(r[k] != new[k] for k in KEY)]
+        rows.append(new)
+        columns = _columns(rows)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                writer = csv.DictWriter(f, columns, restval="")
+                writer.writeheader()
+                writer.writerows(rows)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # Shortest string that round-trips exactly.
+    return str(value)
+
+
+def _columns(rows: Iterable[dict[str, str]]) -> list[str]:
+    """Leading columns, metrics in order of first appearance, trailing columns."""
+    metrics: dict[str, None] = {}
+    for row in rows:
+        metrics.update((k, None) for k in row if k not in LEADING and k not in TRAILING)
+    return [*LEADING, *metrics, *TRAILING]
+
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def git_commit(repo: str | Path = _REPO) -> str:
+    """HEAD's commit; ``-dirty`` when tracked files under fdiv/ or experiments/ have changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "fdiv", "experiments")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def timestamp() -> str:
+    """Now, in UTC, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,167 @@
+"""The train state, the jit'd data-parallel train step, and the training loop.
+
+An experiment supplies a loss function
+
+    loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))
+
+(``params`` are differentiated, ``model_state`` holds non-trained state such as batch statistics)
+and an iterator of batches; :func:`train` does the rest: sharding, logging, metrics file,
+periodic and final checkpoints, and stopping on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import Mesh
+
+from experiments.common import checkpoint, progress, sharding
+from experiments.common.progress import log
+
+Batch = dict[str, Any]
+Metrics = dict[str, jax.Array]
+LossFn = Callable[[Any, Any, Batch, jax.Array], tuple[jax.Array, tuple[Any, Metrics]]]
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a checkpoint must hold to continue training exactly."""
+
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+def create_state(
+    params: Any, model_state: Any, tx: optax.GradientTransformation, rng: jax.Array
+) -> TrainState:
+    return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), rng)
+
+
+def make_train_step(
+    loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """One jit'd optimiser step; the state stays replicated, batches are sharded by the caller."""
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        # A fresh key per step, from the seed and the step: identical after a resume.
+        rng = jax.random.fold_in(state.rng, state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state,
+            model_state=model_state,
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            "lr": schedule(state.step),
+            **metrics,
+        }
+        return new_state, metrics
+
+    repl = sharding.replicated(mesh)
+    return jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped without saving that state."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: TrainState
+    start_step: int  # The step the run resumed from (0 for a fresh run).
+    train_time_s: float  # Wall time of the training loop, summed over resumed segments.
+
+
+def _check_finite(pending: list[Metrics], last_step: int, last_saved: int | None, where: Any):
+    """Raises :class:`NonFiniteLossError` at the first non-finite loss among ``pending``."""
+    losses = np.asarray(jax.device_get([m["loss"] for m in pending]), np.float64)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        step = last_step - len(pending) + 1 + bad[0]
+        kept = (
+            f"the last good checkpoint (step {last_saved}) is kept in {where}"
+            if last_saved is not None
+            else "no checkpoint was saved before it"
+        )
+        raise NonFiniteLossError(
+            f"non-finite training loss ({losses[bad[0]]}) at step {step}; training stopped and "
+            f"{kept}. Lower config.optim.learning_rate or set config.optim.grad_clip_norm."
+        )
+
+
+def train(
+    state: TrainState,
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
+    batches: Callable[[int], Iterator[dict[str, np.ndarray]]],
+    *,
+    mesh: Mesh,
+    total_steps: int,
+    examples_per_step: int,
+    checkpointer: checkpoint.Checkpointer,
+    writer: progress.MetricsWriter,
+    log_every: int,
+    checkpoint_every: int,
+    train_time_s: float = 0.0,
+    stop_after: int = 0,
+    eval_fn: Callable[[TrainState], dict[str, float]] | None = None,
+    eval_every: int = 0,
+) -> TrainResult:
+    """Trains from ``state.step`` to ``total_steps`` (or ``stop_after``, to test resumption).
+
+    ``batches(start_step)`` yields process-local numpy batches from ``start_step`` on. Metrics are
+    averaged over ``log_every`` steps, logged and written; the state is saved every
+    ``checkpoint_every`` steps and at the end, after checking that every loss since the previous
+    check is finite; ``eval_fn`` runs every ``eval_every`` steps (0: never) before the end.
+    """
+    start = int(state.step)
+    end = min(total_steps, stop_after) if stop_after else total_steps
+    last_saved = checkpointer.latest_step()
+    throughput = progress.Throughput(start, total_steps, examples_per_step)
+    began = time.perf_counter()
+    pending: list[Metrics] = []
+    if start < end:
+        log.info("training steps %d → %d of %d", start, end, total_steps)
+    batch_iter = batches(start)
+    for step in range(start + 1, end + 1):
+        state, metrics = train_step(state, sharding.shard_batch(next(batch_iter), mesh))
+        pending.append(metrics)
+        # An early stop (stop_after) logs nothing extra, like a killed run.
+        log_now = step % log_every == 0 or step == total_steps
+        save_now = step % checkpoint_every == 0 or step == end
+        if log_now or save_now:
+            _check_finite(pending, step, last_saved, checkpointer.directory)
+        if log_now:
+            means = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(pending)).items()}
+            pending = []
+            rate, eta = throughput.update(step)
+            log.info(progress.format_line(step, total_steps, means, rate, eta))
+            writer.write(step, "train", {**means, "examples_per_s": rate})
+        if save_now:
+            elapsed = train_time_s + time.perf_counter() - began
+            checkpointer.save(step, state, {"train_time_s": elapsed})
+            last_saved = step
+        if eval_fn is not None and eval_every and step % eval_every == 0 and step < total_steps:
+            test_metrics = eval_fn(state)
+            log.info("step %d test %s", step, test_metrics)
+            writer.write(step, "test", test_metrics)
+    return TrainResult(state, start, train_time_s + time.perf_counter() - began)
+
+
+def _stack(metrics: list[Metrics]) -> Metrics:
+    return {k: jnp.stack([m[k] for m in metrics]) for k in metrics[0]}

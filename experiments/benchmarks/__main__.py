@@ -1,0 +1,6 @@
+"""Entry point: ``python -m experiments.benchmarks {losses,lm_head,roots} [--quick]``."""
+
+from experiments.benchmarks import main
+
+if __name__ == "__main__":
+    main.main()

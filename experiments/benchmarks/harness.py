@@ -58,18 +58,26 @@ def compile_with_memory(fn: Callable, *args: Any) -> tuple[Callable, int | None]
 
 
 def time_interleaved(
-    calls: dict[str, Callable[[], Any]], repeats: int, *, time_budget_s: float | None = None
-) -> tuple[dict[str, float], int]:
+    calls: dict[Any, Callable[[], Any]],
+    repeats: int,
+    *,
+    time_budget_s: float | None = None,
+    on_warm_up: Callable[[Any, Any], None] | None = None,
+) -> tuple[dict[Any, float], int]:
     """Median wall time of each call over interleaved rounds, and the number of rounds.
 
-    Each call is made once to warm up. With ``time_budget_s`` the rounds are cut (to no fewer
-    than 3) so that they take about that long in all, judged from the warm-up times.
+    Each call is made once to warm up; ``on_warm_up(name, output)`` may inspect that output
+    (which is then dropped: outputs can be large). With ``time_budget_s`` the rounds are cut
+    (to no fewer than 3) so that they take about that long in all, judged from the warm-up.
     """
     warm_up = {}
     for name, call in calls.items():
         start = time.perf_counter()
-        jax.block_until_ready(call())
+        output = jax.block_until_ready(call())
         warm_up[name] = time.perf_counter() - start
+        if on_warm_up is not None:
+            on_warm_up(name, output)
+        del output
     if time_budget_s is not None:
         per_round = sum(warm_up.values())
         repeats = max(3, min(repeats, int(time_budget_s / max(per_round, 1e-9))))

@@ -11,7 +11,6 @@ its row. The row goes to ``config.results_csv`` (see ``experiments.common.result
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,17 +23,8 @@ from ml_collections import config_flags
 
 import fdiv
 from experiments.classification import task
-from experiments.common import (
-    checkpoint,
-    data,
-    models,
-    optim,
-    progress,
-    results,
-    sharding,
-    trainer,
-)
 from experiments.common import config as config_lib
+from experiments.common import data, models, optim, progress, results, sharding, trainer
 from experiments.common.progress import log
 
 EXPERIMENT = "classification"
@@ -92,29 +82,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    """Refuses to resume a run whose recorded config differs in a key that changes training."""
-    path = workdir / "config.json"
-    if not path.exists():
-        return
-    changes = [
-        d
-        for d in config_lib.diff(json.loads(path.read_text()), config_lib.to_dict(config))
-        if not d.startswith(RESUMABLE_CHANGES)
-    ]
-    if changes:
-        raise config_lib.ConfigError(
-            f"workdir {workdir} holds a run with another config ({'; '.join(changes)}). "
-            "Set --config.workdir (or --config.run_name) to start a new run, or delete it."
-        )
-
-
-def _record_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(config_lib.to_dict(config), indent=2, sort_keys=True)
-    (workdir / "config.json").write_text(text + "\n")
-
-
 def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     """Trains (resuming if possible), evaluates and writes the result row, which it returns.
 
@@ -127,10 +94,10 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         config.loss.divergence, config.loss.q, config.seed
     )
     workdir = Path(config.workdir or f"runs/{EXPERIMENT}/{config.name}/{run_name}")
-    _check_workdir(workdir, config)
+    config_lib.check_resumable(workdir, config, RESUMABLE_CHANGES)
 
     source = data.make_source(config.data)
-    _record_config(workdir, config)
+    config_lib.record(workdir, config)
     prior = source.class_prior() if config.loss.q == "prior" else None
     mesh = sharding.make_mesh()
     backbone = models.make_model(
@@ -147,36 +114,16 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     loss_fn = task.make_loss_fn(graphdef, config, prior)
     evaluate = task.make_evaluate(graphdef, config, prior, source, mesh)
 
-    checkpointer = checkpoint.Checkpointer(
-        workdir / "checkpoints", keep=config.train.keep_checkpoints
+    result, writer = trainer.resume_and_train(
+        state,
+        trainer.make_train_step(loss_fn, tx, schedule, mesh),
+        lambda start: source.train_batches(config.train.batch_size, config.seed, start),
+        workdir=workdir,
+        mesh=mesh,
+        train_cfg=config.train,
+        examples_per_step=config.train.batch_size,
+        eval_fn=evaluate,
     )
-    try:
-        train_time_s = 0.0
-        restored = checkpointer.restore_latest(state)
-        if restored is not None:
-            state, record = restored
-            train_time_s = record["train_time_s"]
-            log.info("resuming %s from step %d", workdir, int(state.step))
-        metrics_file = "metrics.jsonl" if jax.process_index() == 0 else "metrics.host.jsonl"
-        writer = progress.MetricsWriter(workdir / metrics_file, resume_step=int(state.step))
-        result = trainer.train(
-            state,
-            trainer.make_train_step(loss_fn, tx, schedule, mesh),
-            lambda start: source.train_batches(config.train.batch_size, config.seed, start),
-            mesh=mesh,
-            total_steps=config.train.steps,
-            examples_per_step=config.train.batch_size,
-            checkpointer=checkpointer,
-            writer=writer,
-            log_every=config.train.log_every_steps,
-            checkpoint_every=config.train.checkpoint_every_steps,
-            train_time_s=train_time_s,
-            stop_after=config.train.stop_after_steps,
-            eval_fn=evaluate,
-            eval_every=config.train.eval_every_steps,
-        )
-    finally:
-        checkpointer.close()
     steps = int(result.state.step)
     if steps < config.train.steps:
         log.info("stopped at step %d of %d; rerun to resume", steps, config.train.steps)
@@ -202,10 +149,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         "train_loss": train_last.get("loss"),
         "train_examples_per_s": train_last.get("examples_per_s"),
         "wall_time_s": round(result.train_time_s + eval_time_s, 2),
-        "hardware": sharding.hardware(),
-        "git_commit": results.git_commit(),
-        "timestamp": results.timestamp(),
-        "config": config_lib.to_json(config),
+        **results.provenance(config_lib.to_json(config)),
     }
     if jax.process_index() == 0:
         results.write_row(config.results_csv, row)

@@ -74,6 +74,33 @@ def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
 
 
+def check_resumable(
+    workdir: Path, config: ml_collections.ConfigDict, allowed: tuple[str, ...]
+) -> None:
+    """Refuses to resume the run in ``workdir`` if its recorded config differs from ``config``.
+
+    ``allowed`` lists dotted keys (or prefixes such as ``"eval."``) that may change between a
+    run and its resumption because they do not change the training trajectory.
+    """
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text())
+    changes = [d for d in diff(recorded, to_dict(config)) if not d.startswith(allowed)]
+    if changes:
+        raise ConfigError(
+            f"workdir {workdir} holds a run with another config ({'; '.join(changes)}). "
+            "Set --config.workdir (or --config.run_name) to start a new run, or delete it."
+        )
+
+
+def record(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Writes the config to ``workdir/config.json`` (what :func:`check_resumable` compares)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(to_dict(config), indent=2, sort_keys=True)
+    (workdir / "config.json").write_text(text + "\n")
+
+
 def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested dicts, as ``key: old → new``."""
     out = []

@@ -126,12 +126,10 @@ def _load_idx(idx_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 def _load_tfds(name: str, split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow_datasets as tfds  # Imported late: tensorflow takes seconds to import.
 
-    arrays = tfds.as_numpy(
-        tfds.builder(name, data_dir=str(tfds_data_dir(data_dir))).as_dataset(
-            split=split, batch_size=-1
-        )
-    )
-    return arrays["image"], arrays["label"].astype(np.int32)
+    builder = tfds.builder(name, data_dir=str(tfds_data_dir(data_dir)))
+    batches = list(tfds.as_numpy(builder.as_dataset(split=split).batch(8192)))
+    images = np.concatenate([b["image"] for b in batches])
+    return images, np.concatenate([b["label"] for b in batches]).astype(np.int32)
 
 
 def _load_arrays(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,8 @@ from typing import Any
 
 import filelock
 
+from experiments.common import sharding
+
 KEY = ("experiment", "config_name", "run_name")
 LEADING = (*KEY, "divergence", "alpha", "reference_measure", "seed", "steps")
 TRAILING = ("wall_time_s", "hardware", "git_commit", "timestamp", "config")
@@ -104,6 +106,16 @@ def git_commit(repo: str | Path = _REPO) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
+
+
+def provenance(config_json: str) -> dict[str, str]:
+    """The trailing columns but the wall time: hardware, git commit, timestamp, config."""
+    return {
+        "hardware": sharding.hardware(),
+        "git_commit": git_commit(),
+        "timestamp": timestamp(),
+        "config": config_json,
+    }
 
 
 def timestamp() -> str:

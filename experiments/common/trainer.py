@@ -5,8 +5,9 @@ An experiment supplies a loss function
     loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))
 
 (``params`` are differentiated, ``model_state`` holds non-trained state such as batch statistics)
-and an iterator of batches; :func:`train` does the rest: sharding, logging, metrics file,
-periodic and final checkpoints, and stopping on a non-finite loss.
+and an iterator of batches; :func:`resume_and_train` does the rest: resuming from the latest
+checkpoint, sharding, logging, the metrics file, periodic and final checkpoints, and stopping on a
+non-finite loss.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import struct
@@ -161,6 +164,56 @@ def train(
             log.info("step %d test %s", step, test_metrics)
             writer.write(step, "test", test_metrics)
     return TrainResult(state, start, train_time_s + time.perf_counter() - began)
+
+
+def resume_and_train(
+    state: TrainState,
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
+    batches: Callable[[int], Iterator[dict[str, np.ndarray]]],
+    *,
+    workdir: Path,
+    mesh: Mesh,
+    train_cfg: ml_collections.ConfigDict,
+    examples_per_step: int,
+    eval_fn: Callable[[TrainState], dict[str, float]] | None = None,
+) -> tuple[TrainResult, progress.MetricsWriter]:
+    """:func:`train` from the latest checkpoint in ``workdir/checkpoints``, if any.
+
+    ``train_cfg`` (``config.train``) gives ``steps``, ``log_every_steps``,
+    ``checkpoint_every_steps``, ``keep_checkpoints``, ``stop_after_steps`` and
+    ``eval_every_steps``. Metrics go to ``workdir/metrics.jsonl`` (other hosts of a multi-host
+    run write ``metrics.host<i>.jsonl``); the writer is returned for the final evaluation.
+    """
+    checkpointer = checkpoint.Checkpointer(workdir / "checkpoints", keep=train_cfg.keep_checkpoints)
+    try:
+        train_time_s = 0.0
+        restored = checkpointer.restore_latest(state)
+        if restored is not None:
+            state, record = restored
+            train_time_s = record["train_time_s"]
+            log.info("resuming %s from step %d", workdir, int(state.step))
+        host = jax.process_index()
+        name = "metrics.jsonl" if host == 0 else f"metrics.host{host}.jsonl"
+        writer = progress.MetricsWriter(workdir / name, resume_step=int(state.step))
+        result = train(
+            state,
+            train_step,
+            batches,
+            mesh=mesh,
+            total_steps=train_cfg.steps,
+            examples_per_step=examples_per_step,
+            checkpointer=checkpointer,
+            writer=writer,
+            log_every=train_cfg.log_every_steps,
+            checkpoint_every=train_cfg.checkpoint_every_steps,
+            train_time_s=train_time_s,
+            stop_after=train_cfg.stop_after_steps,
+            eval_fn=eval_fn,
+            eval_every=train_cfg.eval_every_steps,
+        )
+    finally:
+        checkpointer.close()
+    return result, writer
 
 
 def _stack(metrics: list[Metrics]) -> Metrics:

@@ -227,7 +227,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert record["train_time_s"] > 0
 
 
-def test_streamed_tfds_pipeline_on_mock_data(monkeypatch, tmp_path):
+def test_tfds_sources_on_mock_data(monkeypatch, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     from experiments.common import tfds_stream
 
@@ -237,7 +237,11 @@ def test_streamed_tfds_pipeline_on_mock_data(monkeypatch, tmp_path):
     cfg = ml_collections.ConfigDict(
         dict(name="imagenet2012", tfds_data_dir=str(tmp_path), image_size=32)
     )
+    cifar_cfg = ml_collections.ConfigDict(
+        dict(name="cifar100", tfds_data_dir=str(tmp_path), train_size=0, test_size=0)
+    )
     with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
+        cifar = data.make_source(cifar_cfg)
         source = data.make_source(cfg)
         train = source.train_batches(4, seed=0, start_step=0)
         first = [next(train) for _ in range(3)]
@@ -247,3 +251,5 @@ def test_streamed_tfds_pipeline_on_mock_data(monkeypatch, tmp_path):
     np.testing.assert_array_equal(resumed["label"], first[2]["label"])
     assert [int(b["mask"].sum()) for b in test] == [4, 4, 2]
     assert source.num_classes == 1000
+    assert isinstance(cifar, data.ArraySource) and cifar.image_shape == (32, 32, 3)
+    assert cifar.train_labels.shape == (10,) and cifar.num_classes == 100

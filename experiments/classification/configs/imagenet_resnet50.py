@@ -11,6 +11,15 @@ Data: tfds ``imagenet2012`` (the ILSVRC2012 tars placed in <data_dir>/downloads/
 prepared beforehand; the run fails fast otherwise). Hardware: 8 GPUs or a TPU v3-8/v4-8 or larger
 (data parallel; set ``--config.distributed=True`` on multi-host slices). Time: not measured here;
 about 7 hours on 8 A100-class GPUs is the usual order for 90 epochs.
+
+On a TPU VM slice, every host runs the same command; the data and the workdir must be on a
+filesystem that every host mounts (e.g. Filestore/NFS; paths are local paths, not gs://)::
+
+    gcloud compute tpus tpu-vm ssh $TPU --worker=all --command="cd fdiv && \\
+      python -m experiments.classification \\
+        --config=experiments/classification/configs/imagenet_resnet50.py \\
+        --config.distributed=True --config.data.tfds_data_dir=/mnt/shared/tensorflow_datasets \\
+        --config.workdir=/mnt/shared/runs/imagenet_resnet50/alpha1.5-uniform-seed0"
 """
 
 import ml_collections

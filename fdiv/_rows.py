@@ -1,10 +1,10 @@
 """Input handling shared by the operators and the losses.
 
 Everything is brought to one layout: classes on the last axis, the compute dtype
-(float32 for half precision, float64 when the input is float64), masked classes
-as ``-inf`` logits, and the reference measure ``q`` as an array broadcastable to
-the logits, kept small (``[..., 1]``) when it is constant across classes so that
-the solver never materialises it.
+(float32 for half precision, float64 when the input is float64), classes outside
+the reference measure as ``-inf`` logits with ``q_j = 0``, and ``q`` as an array
+broadcastable to the logits, kept small (``[..., 1]`` or ``[1, ..., k]``) when it
+is shared across rows or classes so that the solver never materialises it.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _reference_measure(q: QLike, shape: tuple[int, ...], dtype) -> Array | str:
         return "uniform"
     if isinstance(q, str):
         if q == "unit":
-            return jnp.ones((1,) * len(shape), dtype)
+            return np.ones((1,) * len(shape), dtype)
         raise ValueError(f"unknown reference measure {q!r}; valid: {Q_NAMES} or an array")
     q = jnp.asarray(q, dtype)
     if q.ndim > len(shape):
@@ -66,34 +66,55 @@ def _reference_measure(q: QLike, shape: tuple[int, ...], dtype) -> Array | str:
     return q
 
 
+def _all_positive(q: Array) -> bool:
+    values = concrete_or_none(q)
+    return values is not None and bool(np.all(values > 0))
+
+
 def prepare(logits, q: QLike, *, axis: int, where, temperature) -> tuple[Array, Array, Array]:
     """Returns ``(theta, q, logits)``: classes last, compute dtype, masks as ``-inf``.
 
-    ``logits`` is returned validated (and unmoved) for the caller's output dtype.
-    Under jit a negative or non-finite ``q`` cannot raise: it turns the whole
-    output into NaN instead.
+    The reference measure is independent of the logits: ``where`` and ``q_j = 0``
+    take classes out of it (their logit becomes ``-inf`` and their ``q_j`` 0),
+    while a ``-inf`` logit alone only gives its class zero mass. The uniform
+    measure is ``1/k`` over the classes kept by ``where``. ``logits`` is returned
+    validated (and unmoved) for the caller's output dtype. Under jit a negative or
+    non-finite ``q`` cannot raise: it turns the whole output into NaN instead.
     """
     logits = check_logits(logits)
-    axis = axis % logits.ndim
+    ndim, axis = logits.ndim, axis % logits.ndim
     theta = logits.astype(compute_dtype(logits.dtype))
     if not (isinstance(temperature, (int, float)) and temperature == 1):
         t = concrete_or_none(temperature)
         if t is not None and not np.all(t > 0):
             raise ValueError(f"temperature must be positive, got {temperature}")
         theta = theta / temperature
-    if where is not None:
-        where = jnp.broadcast_to(jnp.asarray(where, bool), logits.shape)
-        theta = jnp.where(where, theta, -jnp.inf)
     q_arr = _reference_measure(q, logits.shape, theta.dtype)
-    if isinstance(q_arr, str):  # uniform over the row's unmasked classes
-        theta = jnp.moveaxis(theta, axis, -1)
-        count = jnp.sum(theta != -jnp.inf, axis=-1, keepdims=True)
-        return theta, 1.0 / jnp.maximum(count, 1).astype(theta.dtype), logits
-    theta = jnp.where(q_arr > 0, theta, -jnp.inf)
-    if concrete_or_none(q_arr) is None:
-        bad = jnp.any(q_arr < 0) | ~jnp.all(jnp.isfinite(q_arr))
-        theta = jnp.where(bad, jnp.nan, theta)
-    return jnp.moveaxis(theta, axis, -1), jnp.moveaxis(q_arr, axis, -1), logits
+    if where is not None:
+        mask = jnp.asarray(where, bool)
+        if mask.ndim > ndim:
+            raise ValueError(f"where of shape {mask.shape} has more axes than the logits")
+        mask = mask.reshape((1,) * (ndim - mask.ndim) + mask.shape)
+        try:
+            jnp.broadcast_shapes(mask.shape, logits.shape)
+        except ValueError:
+            raise ValueError(
+                f"where of shape {mask.shape} does not broadcast to logits {logits.shape}"
+            ) from None
+        theta = jnp.where(mask, theta, -jnp.inf)
+        if isinstance(q_arr, str):
+            full = jnp.broadcast_to(mask, jnp.broadcast_shapes(mask.shape, (1,) * ndim))
+            count = jnp.sum(full, axis=axis, keepdims=True) if full.shape[axis] > 1 else 1
+            q_arr = 1.0 / jnp.maximum(count, 1).astype(theta.dtype)
+        q_arr = jnp.where(mask, q_arr, 0.0).astype(theta.dtype)
+    elif isinstance(q_arr, str):
+        q_arr = np.full((1,) * ndim, 1.0 / logits.shape[axis], theta.dtype)
+    if not _all_positive(q_arr):
+        theta = jnp.where(q_arr > 0, theta, -jnp.inf)
+        if concrete_or_none(q_arr) is None:
+            bad = jnp.any(q_arr < 0) | ~jnp.all(jnp.isfinite(q_arr))
+            theta = jnp.where(bad, jnp.nan, theta)
+    return jnp.moveaxis(theta, axis, -1), jnp.moveaxis(jnp.asarray(q_arr), axis, -1), logits
 
 
 def restore_axis(x: Array, axis: int, ndim: int) -> Array:

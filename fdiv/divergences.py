@@ -300,10 +300,13 @@ class Alpha(Generator):
         return jnp.where(positive, jnp.exp(exponent * log_base), 0.0)
 
     def f(self, u):
+        # (u^α − 1 − α(u − 1)) / (α(α − 1)) = (u (u^{α−1} − 1)/(α − 1) − (u − 1)) / α:
+        # no cancellation by α − 1, so α close to 1 stays accurate (the KL limit).
         a = self.alpha
-        log_u = jnp.log(jnp.where(u > 0, u, 1.0))
-        u_pow_a = jnp.where(u > 0, jnp.exp(a * log_u), 0.0 if a > 0 else _INF)
-        return (u_pow_a - 1.0 - a * (u - 1.0)) / (a * (a - 1.0))
+        positive = u > 0
+        log_u = jnp.log(jnp.where(positive, u, 1.0))
+        value = (u * jnp.expm1((a - 1.0) * log_u) / (a - 1.0) - (u - 1.0)) / a
+        return jnp.where(positive, value, self.f_at_zero)
 
     def f_prime(self, u):
         a = self.alpha

@@ -139,7 +139,7 @@ def _chunk_loss(static: _Static, theta: Array, q_arr: Array, chunk: dict) -> tup
     gen = static.gen
     stats = rf.row_stats(theta, q_arr)
     tau = stats.shift + rf.solve(stats, q_arr, gen, static.solver, static.num_iters)
-    value, _ = _value(theta, q_arr, tau, gen)
+    value = _value(theta, q_arr, tau, gen, stats)
     unmasked = theta != -jnp.inf
     valid = jnp.ones(theta.shape[:1], bool)
     if static.kind == _INTEGER:
@@ -155,7 +155,7 @@ def _chunk_loss(static: _Static, theta: Array, q_arr: Array, chunk: dict) -> tup
     elif static.kind == _DENSE:
         y = chunk["labels"].astype(theta.dtype)
         inner = jnp.sum(jnp.where(unmasked, theta, 0.0) * y, axis=-1)
-        divergence = _divergence_to_reference(y, q_arr, unmasked, gen)
+        divergence = _divergence_to_reference(y, q_arr, gen)
     else:
         index = jnp.clip(chunk["indices"], 0, theta.shape[-1] - 1)
         values = chunk["values"].astype(theta.dtype)

@@ -33,18 +33,28 @@ from fdiv.operators import _check_solver, _softmax_last
 Array = jax.Array
 
 
-def _divergence_to_reference(y: Array, q: Array, unmasked: Array, gen: Generator) -> Array:
-    """``D_f(y, q)`` per row (classes last), dropping infinite ``y_j = 0`` terms."""
+def _divergence_to_reference(y: Array, q: Array, gen: Generator) -> Array:
+    """``D_f(y, q)`` per row (classes last), dropping infinite ``y_j = 0`` terms.
+
+    Classes outside the measure (``q_j = 0``) add 0 where ``y_j = 0`` and ``+∞``
+    where ``y_j > 0``.
+    """
     q = jnp.broadcast_to(q, y.shape)
-    q_safe = jnp.where(unmasked, q, 1.0)
+    in_measure = q > 0
+    q_safe = jnp.where(in_measure, q, 1.0)
     positive = y > 0
     if math.isfinite(gen.f_at_zero):
         terms = q_safe * gen.f(y / q_safe)
     else:
         y_safe = jnp.where(positive, y, 1.0)
         terms = jnp.where(positive, q_safe * gen.f(y_safe / q_safe), 0.0)
-    terms = jnp.where(unmasked, terms, jnp.where(positive, jnp.inf, 0.0))
+    terms = jnp.where(in_measure, terms, jnp.where(positive, jnp.inf, 0.0))
     return jnp.sum(terms, axis=-1)
+
+
+def _is_empty(theta: Array) -> Array:
+    """Rows whose every logit is ``-inf`` (every class masked): loss 0, no gradient."""
+    return jnp.max(theta, axis=-1) == -jnp.inf
 
 
 def fdiv_loss(
@@ -97,11 +107,10 @@ def fdiv_loss(
             f"labels of shape {labels.shape} must have the shape of logits {logits.shape}"
         )
     y = jnp.moveaxis(labels.astype(theta.dtype), axis, -1)
-    unmasked = theta != -jnp.inf
     value = _softmax_last(theta, q_arr, gen, solver, num_iters)
-    inner = jnp.sum(jnp.where(unmasked, theta, 0.0) * y, axis=-1)
-    loss = value + _divergence_to_reference(y, q_arr, unmasked, gen) - inner
-    return jnp.where(jnp.any(unmasked, axis=-1), loss, 0.0)
+    inner = jnp.sum(jnp.where(y != 0, theta, 0.0) * y, axis=-1)
+    loss = value + _divergence_to_reference(y, q_arr, gen) - inner
+    return jnp.where(_is_empty(theta), 0.0, loss)
 
 
 def fdiv_loss_with_integer_labels(
@@ -167,24 +176,32 @@ def fdiv_loss_with_integer_labels(
             f"labels must lie in [0, {k}), got values in [{known.min()}, {known.max()}]"
         )
     theta, q_arr, logits = _rows.prepare(logits, q, axis=axis, where=where, temperature=temperature)
-    unmasked = theta != -jnp.inf
-    index = jnp.clip(labels, 0, k - 1)[..., None]
-    theta_y = jnp.take_along_axis(theta, index, axis=-1)[..., 0]
-    q_full = jnp.broadcast_to(q_arr, theta.shape)
-    q_y = jnp.take_along_axis(q_full, index, axis=-1)[..., 0]
-    label_ok = theta_y != -jnp.inf
-    q_y_safe = jnp.where(label_ok, q_y, 1.0)
-    d = jnp.where(label_ok, q_y_safe * gen.f(1.0 / q_y_safe), jnp.inf)
+    index = jnp.clip(labels, 0, k - 1)
+    theta_y = jnp.take_along_axis(theta, index[..., None], axis=-1)[..., 0]
+    q_y = _gather_classes(q_arr, index)
+    # D_f(e_y, q) = q_y f(1/q_y) + (Q − q_y) f(0); infinite when y is outside the measure.
+    in_measure = q_y > 0
+    q_y_safe = jnp.where(in_measure, q_y, 1.0)
+    d = jnp.where(in_measure, q_y_safe * gen.f(1.0 / q_y_safe), jnp.inf)
     if math.isfinite(gen.f_at_zero):
-        if q_arr.shape[-1] == 1:
-            q_sum = q_arr[..., 0] * jnp.sum(unmasked, axis=-1).astype(theta.dtype)
-        else:
-            q_sum = jnp.sum(jnp.where(unmasked, q_full, 0.0), axis=-1)
-        d = d + (q_sum - jnp.where(label_ok, q_y, 0.0)) * gen.f_at_zero
+        q_sum = q_arr[..., 0] * k if q_arr.shape[-1] == 1 else jnp.sum(q_arr, axis=-1)
+        d = d + (q_sum - q_y) * gen.f_at_zero
     value = _softmax_last(theta, q_arr, gen, solver, num_iters)
     loss = value + d - theta_y
     loss = jnp.where((labels >= 0) & (labels < k), loss, jnp.nan)
-    return jnp.where(jnp.any(unmasked, axis=-1), loss, 0.0)
+    return jnp.where(_is_empty(theta), 0.0, loss)
+
+
+def _gather_classes(q: Array, index: Array) -> Array:
+    """``q`` at the classes ``index`` (shape of ``q`` without its last axis), without
+    materialising a broadcast ``q``."""
+    if q.shape[-1] == 1:
+        return jnp.broadcast_to(q[..., 0], index.shape)
+    if all(d == 1 for d in q.shape[:-1]):
+        return q.reshape(-1)[index]
+    return jnp.take_along_axis(
+        jnp.broadcast_to(q, index.shape + q.shape[-1:]), index[..., None], -1
+    )[..., 0]
 
 
 def fdiv_binary_loss(

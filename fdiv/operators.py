@@ -23,6 +23,7 @@ differentiable JAX, so higher derivatives (Hessians of the losses) are exact too
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from fdiv import _rows
 from fdiv import root_finding as rf
-from fdiv.divergences import Generator, get_generator
+from fdiv.divergences import KL, Generator, get_generator
 
 Array = jax.Array
 
@@ -56,16 +57,19 @@ def _implicit_root_for(gen: Generator):
 
 
 def _probabilities(theta: Array, q: Array, tau: Array, gen: Generator) -> Array:
-    """``q ⊙ (f*)'(θ − τ)``, renormalised (the root is exact only to solver tolerance)."""
-    p = q * gen.conj_grad(theta - tau[..., None])
-    total = jnp.sum(p, axis=-1, keepdims=True)
-    return p / jnp.where(total > 0, total, 1.0)
+    """``q ⊙ (f*)'(θ − τ)``: sums to 1 to the solver's tolerance, so it is not renormalised
+    (which would cost one more pass over the classes)."""
+    return q * gen.conj_grad(theta - tau[..., None])
+
+
+def _root_and_stats(theta, q, gen, solver, num_iters) -> tuple[Array, rf.RowStats]:
+    stats = rf.row_stats(theta, q)
+    return stats.shift + rf.solve(stats, q, gen, solver, num_iters), stats
 
 
 def _root(theta: Array, q: Array, gen: Generator, solver: str, num_iters: int | None) -> Array:
     """Absolute root ``τ`` of each row (classes last), differentiable implicitly."""
-    stats = rf.row_stats(theta, q)
-    tau = stats.shift + rf.solve(stats, q, gen, solver, num_iters)
+    tau, _ = _root_and_stats(theta, q, gen, solver, num_iters)
     return _implicit_root_for(gen)(theta, q, tau)
 
 
@@ -73,34 +77,49 @@ def _softargmax_last(theta, q, gen, solver, num_iters) -> Array:
     return _probabilities(theta, q, _root(theta, q, gen, solver, num_iters), gen)
 
 
-def _value(theta: Array, q: Array, tau: Array, gen: Generator) -> tuple[Array, Array]:
-    """``τ + Σ_j q_j f*(θ_j − τ)`` over unmasked classes (−inf for an empty row)."""
-    unmasked = theta != -jnp.inf
-    conj = jnp.where(unmasked, gen.conj(theta - tau[..., None]), 0.0)
-    value = tau + jnp.sum(q * conj, axis=-1)
-    empty = ~jnp.any(unmasked, axis=-1)
-    return jnp.where(empty, -jnp.inf, value), conj
+def _conj_terms(theta: Array, tau: Array, gen: Generator) -> Array:
+    """``f*(θ − τ)``: ``∂ softmax_f / ∂q``.
+
+    At a ``-inf`` logit it is ``−f(0)``; where ``f(0) = +∞`` that infinite constant
+    is dropped (as the matching terms of ``D_f(y, q)`` in the losses).
+    """
+    conj = gen.conj(theta - tau[..., None])
+    if math.isfinite(gen.f_at_zero):
+        return conj
+    return jnp.where(theta != -jnp.inf, conj, 0.0)
+
+
+def _value(theta: Array, q: Array, tau: Array, gen: Generator, stats: rf.RowStats) -> Array:
+    """``τ + Σ_j q_j f*(θ_j − τ)`` (−inf for an empty row).
+
+    For KL, ``Σ_j q_j f*(θ_j − τ) = Σ_j p_j − Σ_j q_j = 1 − Q`` at the root: no pass.
+    """
+    if isinstance(gen, KL):
+        value = tau + 1.0 - stats.q_sum
+    else:
+        value = tau + jnp.sum(q * _conj_terms(theta, tau, gen), axis=-1)
+    return jnp.where(stats.empty, -jnp.inf, value)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def _softmax_last(theta, q, gen, solver, num_iters) -> Array:
-    stats = rf.row_stats(theta, q)
-    tau = stats.shift + rf.solve(stats, q, gen, solver, num_iters)
-    return _value(theta, q, tau, gen)[0]
+    tau, stats = _root_and_stats(theta, q, gen, solver, num_iters)
+    return _value(theta, q, tau, gen, stats)
 
 
 @functools.partial(_softmax_last.defjvp, symbolic_zeros=True)
 def _softmax_last_jvp(gen, solver, num_iters, primals, tangents):
     theta, q = primals
     dtheta, dq = tangents
-    tau = _root(theta, q, gen, solver, num_iters)
-    value, conj = _value(theta, q, tau, gen)
+    tau, stats = _root_and_stats(theta, q, gen, solver, num_iters)
+    tau = _implicit_root_for(gen)(theta, q, tau)
+    value = _value(theta, q, tau, gen, stats)
     tangent = jnp.zeros_like(value)
     if not isinstance(dtheta, SymbolicZero):
         p = _probabilities(theta, q, tau, gen)
         tangent = tangent + jnp.sum(jnp.where(p > 0, p * dtheta, 0.0), axis=-1)
     if not isinstance(dq, SymbolicZero):
-        tangent = tangent + jnp.sum(conj * dq, axis=-1)
+        tangent = tangent + jnp.sum(_conj_terms(theta, tau, gen) * dq, axis=-1)
     return value, tangent
 
 

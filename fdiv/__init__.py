@@ -5,6 +5,7 @@ The public API:
 * :func:`f_softargmax`, :func:`f_softmax`, :func:`f_sigmoid`: the operators;
 * :func:`fdiv_loss`, :func:`fdiv_loss_with_integer_labels`, :func:`fdiv_binary_loss`:
   the Fenchel–Young losses;
+* :func:`fused_linear_fdiv_loss`: the memory-efficient LM head (projection + loss, chunked);
 * :class:`Generator`, :class:`CustomGenerator`, :func:`get_generator`, :func:`register`:
   the generators ``f`` and their registry by name.
 """
@@ -22,6 +23,7 @@ from fdiv.divergences import (
     register,
     valid_names,
 )
+from fdiv.lm_head import fused_linear_fdiv_loss
 from fdiv.losses import fdiv_binary_loss, fdiv_loss, fdiv_loss_with_integer_labels
 from fdiv.operators import f_sigmoid, f_softargmax, f_softmax
 from fdiv.root_finding import SOLVERS
@@ -44,6 +46,7 @@ __all__ = [
     "fdiv_binary_loss",
     "fdiv_loss",
     "fdiv_loss_with_integer_labels",
+    "fused_linear_fdiv_loss",
     "get_generator",
     "register",
     "valid_names",

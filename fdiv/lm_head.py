@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from fdiv import _rows
 from fdiv import root_finding as rf
 from fdiv.divergences import Generator, get_generator
-from fdiv.losses import _divergence_to_reference
+from fdiv.losses import _divergence_to_reference, _one_hot_divergence
 from fdiv.operators import _check_solver, _probabilities, _value
 
 Array = jax.Array
@@ -56,18 +56,6 @@ class _Static(NamedTuple):
     uniform_q: bool  # q is the uniform measure over the unmasked classes (no q array)
     kind: str  # _INTEGER, _DENSE or _TOPK
     dtype: jnp.dtype  # of hidden and weight (and so of their gradients)
-
-
-def _one_hot_divergence(q_y: Array, label_ok: Array, q_sum: Array, gen: Generator) -> Array:
-    """``D_f(e_y, q) = q_y f(1/q_y) + (Q − q_y) f(0)``, as in ``fdiv_loss_with_integer_labels``.
-
-    The second term is dropped when ``f(0) = +∞`` (constant in θ); a masked label is ``+∞``.
-    """
-    q_y_safe = jnp.where(label_ok, q_y, 1.0)
-    d = jnp.where(label_ok, q_y_safe * gen.f(1.0 / q_y_safe), jnp.inf)
-    if math.isfinite(gen.f_at_zero):
-        d = d + (q_sum - jnp.where(label_ok, q_y, 0.0)) * gen.f_at_zero
-    return d
 
 
 def _top_k_divergence(
@@ -149,9 +137,8 @@ def _chunk_loss(static: _Static, theta: Array, q_arr: Array, chunk: dict) -> tup
         index = jnp.clip(labels, 0, k - 1)[:, None]
         theta_y = jnp.take_along_axis(theta, index, axis=-1)[:, 0]
         q_y = jnp.take_along_axis(jnp.broadcast_to(q_arr, theta.shape), index, axis=-1)[:, 0]
-        label_ok = theta_y != -jnp.inf
-        divergence = _one_hot_divergence(q_y, label_ok, stats.q_sum, gen)
-        inner = jnp.where(label_ok, theta_y, 0.0)
+        divergence = _one_hot_divergence(q_y, stats.q_sum, gen)
+        inner = theta_y
     elif static.kind == _DENSE:
         y = chunk["labels"].astype(theta.dtype)
         inner = jnp.sum(jnp.where(unmasked, theta, 0.0) * y, axis=-1)

@@ -52,6 +52,19 @@ def _divergence_to_reference(y: Array, q: Array, gen: Generator) -> Array:
     return jnp.sum(terms, axis=-1)
 
 
+def _one_hot_divergence(q_y: Array, q_sum: Array, gen: Generator) -> Array:
+    """``D_f(e_y, q) = q_y f(1/q_y) + (Q − q_y) f(0)``; ``+∞`` when ``q_y = 0``.
+
+    The second term is dropped where ``f(0) = +∞`` (a constant in θ).
+    """
+    in_measure = q_y > 0
+    q_y_safe = jnp.where(in_measure, q_y, 1.0)
+    d = jnp.where(in_measure, q_y_safe * gen.f(1.0 / q_y_safe), jnp.inf)
+    if math.isfinite(gen.f_at_zero):
+        d = d + (q_sum - q_y) * gen.f_at_zero
+    return d
+
+
 def _is_empty(theta: Array) -> Array:
     """Rows whose every logit is ``-inf`` (every class masked): loss 0, no gradient."""
     return jnp.max(theta, axis=-1) == -jnp.inf
@@ -179,15 +192,9 @@ def fdiv_loss_with_integer_labels(
     index = jnp.clip(labels, 0, k - 1)
     theta_y = jnp.take_along_axis(theta, index[..., None], axis=-1)[..., 0]
     q_y = _gather_classes(q_arr, index)
-    # D_f(e_y, q) = q_y f(1/q_y) + (Q − q_y) f(0); infinite when y is outside the measure.
-    in_measure = q_y > 0
-    q_y_safe = jnp.where(in_measure, q_y, 1.0)
-    d = jnp.where(in_measure, q_y_safe * gen.f(1.0 / q_y_safe), jnp.inf)
-    if math.isfinite(gen.f_at_zero):
-        q_sum = q_arr[..., 0] * k if q_arr.shape[-1] == 1 else jnp.sum(q_arr, axis=-1)
-        d = d + (q_sum - q_y) * gen.f_at_zero
+    q_sum = q_arr[..., 0] * k if q_arr.shape[-1] == 1 else jnp.sum(q_arr, axis=-1)
     value = _softmax_last(theta, q_arr, gen, solver, num_iters)
-    loss = value + d - theta_y
+    loss = value + _one_hot_divergence(q_y, q_sum, gen) - theta_y
     loss = jnp.where((labels >= 0) & (labels < k), loss, jnp.nan)
     return jnp.where(_is_empty(theta), 0.0, loss)
 

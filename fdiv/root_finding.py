@@ -9,10 +9,10 @@ map and one reduction over the classes: parallel over rows, no sort.
 
 Bracket (with ``θ`` shifted so that its row max is 0, ``j⁺`` the argmax,
 ``Q = Σ_j q_j``): ``τ_lo = −f'(1 / q_{j⁺})`` (the argmax alone has mass 1) and
-``τ_hi = −f'(1 / Q)`` (no class has more than its share ``q_j / Q``). Jensen's
-inequality tightens one end with ``Σ_j q_j θ_j / Q − f'(1 / Q)``: a lower bound
-when ``(f*)'`` is convex (α ≤ 2 and every named divergence), an upper bound when
-it is concave (α > 2); much tighter for rows without outliers.
+``τ_hi = −f'(1 / Q)`` (no class has more than its share ``q_j / Q``). When
+``(f*)'`` is convex (α ≤ 2 and every named divergence), Jensen's inequality gives
+the lower bound ``Σ_j q_j θ_j / Q − f'(1 / Q)``, much tighter for rows without
+outliers.
 
 Solvers:
 
@@ -101,14 +101,13 @@ def bracket(stats: RowStats, q: Array, gen: Generator) -> tuple[Array, Array]:
     """``(τ_lo, τ_hi)`` with ``g(τ_lo) ≥ 0 ≥ g(τ_hi)``, in the shifted frame."""
     lo = -gen.f_prime(1.0 / stats.q_top)
     hi = -gen.f_prime(1.0 / stats.q_sum)
-    # Jensen on the q-weighted mean logit: S(mean − f'(1/Q)) is ≥ 1 when (f*)' is
-    # convex (a lower bound) and ≤ 1 when it is concave (an upper bound).
-    weighted = jnp.where(q > 0, q * stats.z, 0.0)  # −inf if a class in q has a −inf logit
-    jensen = jnp.sum(weighted, axis=-1) / stats.q_sum + hi
     if gen.newton_from_left:
+        # (f*)' convex on the whole line: by Jensen, S(mean − f'(1/Q)) ≥ 1 at the
+        # q-weighted mean logit. (For α > 2, [·]_+^{1/(α−1)} is concave only on the
+        # support: no such bound.)
+        weighted = jnp.where(q > 0, q * stats.z, 0.0)  # −inf if a class in q has a −inf logit
+        jensen = jnp.sum(weighted, axis=-1) / stats.q_sum + hi
         lo = jnp.maximum(lo, jnp.minimum(jensen, hi))
-    else:
-        hi = jnp.minimum(hi, jnp.maximum(jensen, lo))
     return lo, hi
 
 
@@ -160,7 +159,11 @@ def _newton(stats, q, gen, lo, hi, max_iters):
         accept = jnp.isfinite(new) & ((new > lo) & (new < hi) | converged)
         tau = jnp.where(accept, new, 0.5 * (lo + hi))
         # NaN rows and empty rows never converge; they must not hold the others back.
-        done = accept & converged | jnp.isnan(tau) | stats.empty
+        # Without monotonicity (α > 2) a tiny step is no proof of convergence: (f*)'' is
+        # infinite where a class enters the support, so such rows run to the cap.
+        done = jnp.isnan(tau) | stats.empty
+        if gen.newton_from_left:
+            done = done | accept & converged
         return i + 1, tau, lo, hi, done
 
     start = lo if gen.newton_from_left else hi

@@ -87,7 +87,6 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass
 class TrainResult:
     state: TrainState
-    start_step: int  # The step the run resumed from (0 for a fresh run).
     train_time_s: float  # Wall time of the training loop, summed over resumed segments.
 
 
@@ -163,7 +162,7 @@ def train(
             test_metrics = eval_fn(state)
             log.info("step %d test %s", step, test_metrics)
             writer.write(step, "test", test_metrics)
-    return TrainResult(state, start, train_time_s + time.perf_counter() - began)
+    return TrainResult(state, train_time_s + time.perf_counter() - began)
 
 
 def resume_and_train(

@@ -62,19 +62,21 @@ def _probabilities(theta: Array, q: Array, tau: Array, gen: Generator) -> Array:
     return q * gen.conj_grad(theta - tau[..., None])
 
 
-def _root_and_stats(theta, q, gen, solver, num_iters) -> tuple[Array, rf.RowStats]:
+def _shifted_root(theta, q, gen, solver, num_iters) -> tuple[Array, Array, rf.RowStats]:
+    """``(z, τ, stats)``: logits minus the row max and the root in that frame.
+
+    Working relative to the row max keeps τ exact for huge logits (1e9 + τ would round
+    τ away in float32). The shift is a constant for differentiation: every function
+    here is invariant to it.
+    """
     stats = rf.row_stats(theta, q)
-    return stats.shift + rf.solve(stats, q, gen, solver, num_iters), stats
-
-
-def _root(theta: Array, q: Array, gen: Generator, solver: str, num_iters: int | None) -> Array:
-    """Absolute root ``τ`` of each row (classes last), differentiable implicitly."""
-    tau, _ = _root_and_stats(theta, q, gen, solver, num_iters)
-    return _implicit_root_for(gen)(theta, q, tau)
+    z = theta - jax.lax.stop_gradient(stats.shift)[..., None]
+    return z, rf.solve(stats, q, gen, solver, num_iters), stats
 
 
 def _softargmax_last(theta, q, gen, solver, num_iters) -> Array:
-    return _probabilities(theta, q, _root(theta, q, gen, solver, num_iters), gen)
+    z, tau, _ = _shifted_root(theta, q, gen, solver, num_iters)
+    return _probabilities(z, q, _implicit_root_for(gen)(z, q, tau), gen)
 
 
 def _conj_terms(theta: Array, tau: Array, gen: Generator) -> Array:
@@ -103,23 +105,23 @@ def _value(theta: Array, q: Array, tau: Array, gen: Generator, stats: rf.RowStat
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def _softmax_last(theta, q, gen, solver, num_iters) -> Array:
-    tau, stats = _root_and_stats(theta, q, gen, solver, num_iters)
-    return _value(theta, q, tau, gen, stats)
+    z, tau, stats = _shifted_root(theta, q, gen, solver, num_iters)
+    return stats.shift + _value(z, q, tau, gen, stats)
 
 
 @functools.partial(_softmax_last.defjvp, symbolic_zeros=True)
 def _softmax_last_jvp(gen, solver, num_iters, primals, tangents):
     theta, q = primals
     dtheta, dq = tangents
-    tau, stats = _root_and_stats(theta, q, gen, solver, num_iters)
-    tau = _implicit_root_for(gen)(theta, q, tau)
-    value = _value(theta, q, tau, gen, stats)
+    z, tau, stats = _shifted_root(theta, q, gen, solver, num_iters)
+    tau = _implicit_root_for(gen)(z, q, tau)
+    value = stats.shift + _value(z, q, tau, gen, stats)
     tangent = jnp.zeros_like(value)
     if not isinstance(dtheta, SymbolicZero):
-        p = _probabilities(theta, q, tau, gen)
+        p = _probabilities(z, q, tau, gen)
         tangent = tangent + jnp.sum(jnp.where(p > 0, p * dtheta, 0.0), axis=-1)
     if not isinstance(dq, SymbolicZero):
-        tangent = tangent + jnp.sum(_conj_terms(theta, tau, gen) * dq, axis=-1)
+        tangent = tangent + jnp.sum(_conj_terms(z, tau, gen) * dq, axis=-1)
     return value, tangent
 
 

@@ -39,3 +39,17 @@ def test_quick_run_writes_its_table(which, tmp_path):
         default = [row for row in rows if row["num_iters"] == "default"]
         assert default and all(float(row["max_error"]) < 1e-5 for row in default)
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def test_a_rerun_of_some_sizes_keeps_the_other_rows(tmp_path):
+    path = main.main(["losses", "--quick", "--out", str(tmp_path)])
+    main.main(["losses", "--quick", "--out", str(tmp_path), "--sizes", "8:32"])
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({row["v"] for row in rows}) == ["32", "64"]
+    assert len(rows) == len({(row["v"], row["divergence"], row["solver"]) for row in rows})
+
+
+def test_sizes_only_for_losses(tmp_path):
+    with pytest.raises(SystemExit):
+        main.main(["roots", "--quick", "--out", str(tmp_path), "--sizes", "8:32"])

@@ -91,11 +91,20 @@ def time_interleaved(
     return {name: statistics.median(s) for name, s in samples.items()}, repeats
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Writes ``rows`` to ``path`` atomically (a temporary file renamed over it).
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], key: Sequence[str]) -> None:
+    """Writes ``rows`` into the table at ``path`` atomically (a temporary file renamed over it).
 
-    Columns are in order of first appearance, the provenance columns last.
+    Rows already in the table with the same ``key`` columns as a new row are replaced; the
+    others (configurations this run did not measure, e.g. other sizes) are kept, each with
+    the provenance of its own run. Columns are in order of first appearance, the provenance
+    columns last.
     """
+    new_keys = {tuple(str(row[k]) for k in key) for row in rows}
+    kept = []
+    if path.exists():
+        with path.open(newline="") as f:
+            kept = [r for r in csv.DictReader(f) if tuple(r[k] for k in key) not in new_keys]
+    rows = [*kept, *rows]
     columns: dict[str, None] = {}
     for row in rows:
         columns.update((k, None) for k in row if k not in PROVENANCE)
@@ -106,6 +115,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
             writer = csv.DictWriter(f, [*columns, *PROVENANCE], restval="")
             writer.writeheader()
             writer.writerows(rows)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the table is for everyone
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -41,6 +41,7 @@ TIME_BUDGET_S = {"full": 240.0, "quick": None}
 MEMORY_BUDGET_BYTES = 8 * 2**30
 LOGIT_SCALE = 2.0
 BASELINE = "cross_entropy"
+KEY = ("mode", "n", "v", "divergence", "reference_measure", "solver")
 
 
 def _objective(loss_fn):
@@ -62,62 +63,63 @@ def _candidates(divergences) -> dict[tuple[str, str, str], object]:
     return out
 
 
-def run(mode: str, out_dir: Path) -> Path:
-    """Runs the benchmark; returns the CSV written (rewritten after each size)."""
+def run(mode: str, out_dir: Path, sizes: list[tuple[int, int]] | None = None) -> Path:
+    """Runs the benchmark; returns the CSV written (updated after each size).
+
+    ``sizes``: the ``(N, V)`` pairs to measure (default: the grid of ``SIZES[mode]``).
+    """
     path = out_dir / "losses.csv"
     divergences = QUICK_DIVERGENCES if mode == "quick" else DIVERGENCES
     provenance = harness.provenance()
     rows: list[dict] = []
     ns, vs = SIZES[mode]
-    for n in ns:
-        for v in vs:
-            key_logits, key_labels = jax.random.split(jax.random.key(n * v))
-            logits = LOGIT_SCALE * jax.random.normal(key_logits, (n, v), jnp.float32)
-            labels = jax.random.randint(key_labels, (n,), 0, v)
-            compiled, peaks, skipped = {}, {}, {}
-            for key, fn in _candidates(divergences).items():
-                exe, peak = harness.compile_with_memory(fn, logits, labels)
-                peaks[key] = peak
-                if peak is not None and peak > MEMORY_BUDGET_BYTES:
-                    skipped[key] = (
-                        f"skipped: peak {harness.mib(peak)} > budget "
-                        f"{harness.mib(MEMORY_BUDGET_BYTES)}"
-                    )
-                else:
-                    compiled[key] = functools.partial(exe, logits, labels)
-            harness.progress(
-                f"[losses] N={n} V={v}: timing {len(compiled)} candidates, skipping {len(skipped)}"
-            )
-            times, repeats = harness.time_interleaved(
-                compiled, REPEATS[mode], time_budget_s=TIME_BUDGET_S[mode]
-            )
-            base_time = times.get((BASELINE, "", ""))
-            base_peak = peaks[(BASELINE, "", "")]
-            for key, peak in peaks.items():
-                divergence, q, solver = key
-                t = times.get(key)
-                row = {
-                    "benchmark": "losses",
-                    "mode": mode,
-                    "n": n,
-                    "v": v,
-                    "dtype": "float32",
-                    "divergence": divergence,
-                    "reference_measure": q,
-                    "solver": solver,
-                    "repeats": repeats if t is not None else 0,
-                    "median_s": t,
-                    "ratio_to_ce": t / base_time if t is not None and base_time else None,
-                    "peak_bytes": peak,
-                    "memory_ratio_to_ce": peak / base_peak if peak and base_peak else None,
-                    "status": skipped.get(key, "ok"),
-                    **provenance,
-                }
-                rows.append(row)
-                if t is not None:
-                    harness.progress(
-                        f"  {divergence:>12} {q:>7} {solver:>6}: {1e3 * t:9.2f} ms "
-                        f"({row['ratio_to_ce']:.2f}x CE), peak {harness.mib(peak)}"
-                    )
-            harness.write_csv(path, rows)
+    for n, v in sizes or [(n, v) for n in ns for v in vs]:
+        key_logits, key_labels = jax.random.split(jax.random.key(n * v))
+        logits = LOGIT_SCALE * jax.random.normal(key_logits, (n, v), jnp.float32)
+        labels = jax.random.randint(key_labels, (n,), 0, v)
+        compiled, peaks, skipped = {}, {}, {}
+        for key, fn in _candidates(divergences).items():
+            exe, peak = harness.compile_with_memory(fn, logits, labels)
+            peaks[key] = peak
+            if peak is not None and peak > MEMORY_BUDGET_BYTES:
+                skipped[key] = (
+                    f"skipped: peak {harness.mib(peak)} > budget {harness.mib(MEMORY_BUDGET_BYTES)}"
+                )
+            else:
+                compiled[key] = functools.partial(exe, logits, labels)
+        harness.progress(
+            f"[losses] N={n} V={v}: timing {len(compiled)} candidates, skipping {len(skipped)}"
+        )
+        times, repeats = harness.time_interleaved(
+            compiled, REPEATS[mode], time_budget_s=TIME_BUDGET_S[mode]
+        )
+        base_time = times.get((BASELINE, "", ""))
+        base_peak = peaks[(BASELINE, "", "")]
+        for key, peak in peaks.items():
+            divergence, q, solver = key
+            t = times.get(key)
+            row = {
+                "benchmark": "losses",
+                "mode": mode,
+                "n": n,
+                "v": v,
+                "dtype": "float32",
+                "divergence": divergence,
+                "reference_measure": q,
+                "solver": solver,
+                "repeats": repeats if t is not None else 0,
+                "median_s": t,
+                "ratio_to_ce": t / base_time if t is not None and base_time else None,
+                "peak_bytes": peak,
+                "memory_ratio_to_ce": peak / base_peak if peak and base_peak else None,
+                "status": skipped.get(key, "ok"),
+                **provenance,
+            }
+            rows.append(row)
+            if t is not None:
+                harness.progress(
+                    f"  {divergence:>12} {q:>7} {solver:>6}: {1e3 * t:9.2f} ms "
+                    f"({row['ratio_to_ce']:.2f}x CE), peak {harness.mib(peak)}"
+                )
+        harness.write_csv(path, rows, KEY)
     return path

@@ -295,9 +295,9 @@ class Alpha(Generator):
         """``[1 + t]_+ ** exponent`` for ``t = (α − 1) v``, zero where ``1 + t ≤ 0``."""
         if integer is not None:
             return jax.lax.integer_pow(jnp.maximum(1.0 + t, 0.0), integer)
-        positive = t > -1.0
-        log_base = jnp.log1p(jnp.where(positive, t, 0.0))
-        return jnp.where(positive, jnp.exp(exponent * log_base), 0.0)
+        keep = (t > -1.0) | jnp.isnan(t)  # a NaN logit must stay NaN, not become 0
+        log_base = jnp.log1p(jnp.where(keep, t, 0.0))
+        return jnp.where(keep, jnp.exp(exponent * log_base), 0.0)
 
     def f(self, u):
         # (u^α − 1 − α(u − 1)) / (α(α − 1)) = (u (u^{α−1} − 1)/(α − 1) − (u − 1)) / α:

@@ -44,6 +44,13 @@ P_TOL = 1e-5
 TEMPERATURE = 3.0
 
 
+@pytest.fixture(scope="module", params=DIVERGENCES)
+def divergence(request):
+    """Module-scoped, so that pytest runs all the tests of one divergence together (on one xdist
+    worker, mostly) and each divergence's compiled functions are built once."""
+    return request.param
+
+
 def _np(x):
     return np.asarray(x, dtype=np.float64)
 
@@ -146,7 +153,6 @@ def test_alpha_divergence_is_alpha_entmax(alpha, q):
 # Every divergence against the float64 bisection reference.
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
 @pytest.mark.parametrize("q", Q_MODES)
 def test_matches_reference(divergence, q):
     out = _standard(divergence)
@@ -163,7 +169,6 @@ def test_matches_reference(divergence, q):
         assert np.all(p > 0)
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_array_q_matches_reference(divergence):
     """q as an array (per row, with zeros) and as a per-class prior broadcast over the rows."""
     out = _standard(divergence)
@@ -195,7 +200,6 @@ def test_f_softmax_is_the_maximum():
                 assert np.all(out[f"v/{q}"] >= objective - 1e-5)
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_temperature(divergence):
     scaled = (THETA / np.float32(TEMPERATURE)).astype(np.float32)
     expected = ref_solve(scaled, divergence, "uniform").p
@@ -206,7 +210,6 @@ def test_temperature(divergence):
 # Derivatives.
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_f_softmax_gradients(divergence):
     """∇_θ softmax_f = f-softargmax; ∇_q softmax_f = f*(θ − τ*) (envelope theorem)."""
     out = _standard(divergence)
@@ -217,7 +220,6 @@ def test_f_softmax_gradients(divergence):
     np.testing.assert_allclose(out["grad_theta/None"], out["p/None"], atol=1e-6)
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
 @pytest.mark.parametrize("q", Q_MODES)
 def test_jacobian_matches_closed_form(divergence, q):
     """J = diag(w) − w wᵀ / Σ w, w_j = q_j (f*)''(θ_j − τ*); uniform: jacfwd, unit: jacrev."""
@@ -231,7 +233,6 @@ def test_jacobian_matches_closed_form(divergence, q):
 GRAD_DIVERGENCES = ["kl", "reverse_kl", "chi2", "js", "alpha:1.5", "alpha:3"]
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_float64_check_grads_and_accuracy(divergence, x64):
     """float64 in, float64 out, accurate to 1e-10; JVP and VJP against finite differences."""
     rng = np.random.default_rng(6)
@@ -307,7 +308,6 @@ def test_f_sigmoid_kl_is_sigmoid():
         )
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_f_sigmoid_is_two_class_softargmax(divergence):
     two = np.stack([X_SIGMOID, np.zeros_like(X_SIGMOID)], axis=-1)
     for q in Q_MODES:
@@ -463,7 +463,6 @@ def _bad_q(name):
     return BAD_Q if name == "array" else name
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_minus_inf_logits_get_zero_mass(divergence):
     out = _bad(divergence)
     for name in ["uniform", "unit", "array"]:
@@ -478,7 +477,6 @@ def test_minus_inf_logits_get_zero_mass(divergence):
             np.testing.assert_allclose(p[1], ref.p, atol=P_TOL)
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_where_masks_classes(divergence):
     out = _bad(divergence)
     for name in ["uniform", "unit", "array"]:
@@ -492,7 +490,6 @@ def test_where_masks_classes(divergence):
     np.testing.assert_array_equal(out["grad"][7][~BAD_MASK[7]], 0.0)
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_fully_masked_row(divergence):
     out = _bad(divergence)
     for name in ["uniform", "unit", "array"]:
@@ -504,7 +501,6 @@ def test_fully_masked_row(divergence):
     np.testing.assert_array_equal(grad[6], 0.0)
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_nan_stays_in_its_row(divergence):
     out = _bad(divergence)
     p, v = out["p/uniform"], out["v/uniform"]
@@ -516,7 +512,6 @@ def test_nan_stays_in_its_row(divergence):
         assert np.isnan(v[3])
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_huge_logits(divergence):
     out = _bad(divergence)
     for name in ["uniform", "unit", "array"]:

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from jax.test_util import check_grads
 from references import (
-    CORE_DIVERGENCES,
     DIVERGENCES,
     Q_MODES,
     SOLVERS,
@@ -80,30 +79,52 @@ def _pv(theta, divergence, **kw):
     return fdiv.f_softargmax(theta, divergence, **kw), fdiv.f_softmax(theta, divergence, **kw)
 
 
+def _standard_run(divergence, theta, theta_q, q_array, theta_grad, q_grad, x_sigmoid):
+    """Everything computed on the standard inputs (traced inside ``_results``)."""
+    out = {"p/None": fdiv.f_softargmax(theta, divergence)}
+    for q in Q_MODES:
+        out[f"p/{q}"], out[f"v/{q}"] = _pv(theta, divergence, q=q)
+        out[f"sigmoid/{q}"] = fdiv.f_sigmoid(x_sigmoid, divergence, q=q)
+    out["p/array"], out["v/array"] = _pv(theta_q, divergence, q=q_array)
+    out["p/prior"] = fdiv.f_softargmax(theta_q, divergence, q=q_array[1])
+    out["p/temperature"] = fdiv.f_softargmax(theta, divergence, temperature=TEMPERATURE)
+    out["grad_theta/array"], out["grad_q/array"] = jax.grad(
+        lambda t, qq: fdiv.f_softmax(t, divergence, q=qq).sum(), argnums=(0, 1)
+    )(theta_grad, q_grad)
+    out["grad_theta/None"] = jax.grad(lambda t: fdiv.f_softmax(t, divergence).sum())(theta_grad)
+    out["jac/uniform"] = jax.jacfwd(lambda t: fdiv.f_softargmax(t, divergence, q="uniform"))(
+        theta[0]
+    )
+    out["jac/unit"] = jax.jacrev(lambda t: fdiv.f_softargmax(t, divergence, q="unit"))(theta[0])
+    return out
+
+
 @functools.cache
+def _results(divergence):
+    """Everything the per-divergence tests look at, from one compiled function per divergence."""
+
+    def run(standard_args, bad_args):
+        return {
+            "standard": _standard_run(divergence, *standard_args),
+            "bad": _bad_run(divergence, *bad_args),
+        }
+
+    out = jax.jit(run)(
+        (THETA, THETA_Q, Q_ARRAY, THETA_GRAD, Q_GRAD, X_SIGMOID),
+        (BAD_X, BAD_MASK, BAD_Q, BAD_W, BAD_X[[4, 5]] - np.float32(1e9)),
+    )
+    return {
+        "standard": {k: np.asarray(v) for k, v in out["standard"].items()},
+        "bad": {k: np.asarray(v, np.float64) for k, v in out["bad"].items()},
+    }
+
+
 def _standard(divergence):
-    """Everything computed on the standard inputs, in one compiled function."""
+    return _results(divergence)["standard"]
 
-    def run(theta, theta_q, q_array, theta_grad, q_grad, x_sigmoid):
-        out = {"p/None": fdiv.f_softargmax(theta, divergence)}
-        for q in Q_MODES:
-            out[f"p/{q}"], out[f"v/{q}"] = _pv(theta, divergence, q=q)
-            out[f"sigmoid/{q}"] = fdiv.f_sigmoid(x_sigmoid, divergence, q=q)
-        out["p/array"], out["v/array"] = _pv(theta_q, divergence, q=q_array)
-        out["p/prior"] = fdiv.f_softargmax(theta_q, divergence, q=q_array[1])
-        out["p/temperature"] = fdiv.f_softargmax(theta, divergence, temperature=TEMPERATURE)
-        out["grad_theta/array"], out["grad_q/array"] = jax.grad(
-            lambda t, qq: fdiv.f_softmax(t, divergence, q=qq).sum(), argnums=(0, 1)
-        )(theta_grad, q_grad)
-        out["grad_theta/None"] = jax.grad(lambda t: fdiv.f_softmax(t, divergence).sum())(theta_grad)
-        out["jac/uniform"] = jax.jacfwd(lambda t: fdiv.f_softargmax(t, divergence, q="uniform"))(
-            theta[0]
-        )
-        out["jac/unit"] = jax.jacrev(lambda t: fdiv.f_softargmax(t, divergence, q="unit"))(theta[0])
-        return out
 
-    out = jax.jit(run)(THETA, THETA_Q, Q_ARRAY, THETA_GRAD, Q_GRAD, X_SIGMOID)
-    return {k: np.asarray(v) for k, v in out.items()}
+def _bad(divergence):
+    return _results(divergence)["bad"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,33 +141,35 @@ def test_kl_is_softmax_of_logits_plus_log_q():
     np.testing.assert_allclose(out["p/prior"], softmax(THETA_Q + np.log(Q_ARRAY[1])), atol=1e-6)
 
 
+CLOSED_FORMS = ["kl", "chi2", "alpha:2", "alpha:1.5", "alpha:1.25", "alpha:1.7", "alpha:3"]
+
+
+def _closed_form(divergence, theta, q):
+    """The known operator the f-softargmax reduces to (paper-notes.md), with q = 1/k or 1."""
+    k = theta.shape[-1]
+    if divergence == "kl":
+        return softmax(theta)  # softmax(θ + log q), and log q is constant here
+    if divergence == "chi2":  # sparsemax(θ / 2) with unit q
+        return sparsemax(theta / (2.0 * (k if q == "uniform" else 1.0)))
+    alpha = float(divergence.split(":")[1])  # α-entmax(θ / k^(α−1)) with q = 1/k
+    scale = k ** (alpha - 1.0) if q == "uniform" else 1.0
+    if alpha == 2.0:
+        return sparsemax(theta / scale)
+    if alpha == 1.5:
+        return entmax15(theta / scale)  # exact, sort based
+    return entmax_bisect(theta / scale, alpha)
+
+
+@pytest.mark.parametrize("divergence", CLOSED_FORMS, indirect=True)
 @pytest.mark.parametrize("q", Q_MODES)
-def test_chi2_and_alpha2_are_sparsemax(q):
-    c = K if q == "uniform" else 1
-    np.testing.assert_allclose(_standard("chi2")[f"p/{q}"], sparsemax(THETA / (2 * c)), atol=P_TOL)
-    p = _standard("alpha:2")[f"p/{q}"]
-    expected = sparsemax(THETA / c)
+def test_closed_forms(divergence, q):
+    """KL: softmax; χ²: sparsemax(θ/2); α = 2: sparsemax; α = 1.5: exact entmax-1.5; other α:
+    α-entmax; uniform q: the same of θ / k^(α−1)."""
+    p = _standard(divergence)[f"p/{q}"]
+    expected = _closed_form(divergence, _np(THETA), q)
     np.testing.assert_allclose(p, expected, atol=P_TOL)
-    np.testing.assert_array_equal(p == 0, expected == 0)
-
-
-@pytest.mark.parametrize("q", Q_MODES)
-def test_alpha_one_and_a_half_is_exact_entmax15(q):
-    scale = np.sqrt(K) if q == "uniform" else 1.0
-    p = _standard("alpha:1.5")[f"p/{q}"]
-    expected = entmax15(THETA / scale)
-    np.testing.assert_allclose(p, expected, atol=P_TOL)
-    np.testing.assert_array_equal(p == 0, expected == 0)
-
-
-@pytest.mark.parametrize("alpha", ["1.25", "1.7", "3"])
-@pytest.mark.parametrize("q", Q_MODES)
-def test_alpha_divergence_is_alpha_entmax(alpha, q):
-    """Unit q: α-entmax(θ); uniform q = 1/k: α-entmax(θ / k^(α−1))."""
-    a = float(alpha)
-    scale = K ** (a - 1.0) if q == "uniform" else 1.0
-    p = _standard(f"alpha:{alpha}")[f"p/{q}"]
-    np.testing.assert_allclose(p, entmax_bisect(THETA / scale, a), atol=P_TOL)
+    if divergence in ["chi2", "alpha:2", "alpha:1.5"]:  # sort-based: the exact support
+        np.testing.assert_array_equal(p == 0, expected == 0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,21 +206,21 @@ def test_array_q_matches_reference(divergence):
     )
 
 
-def test_f_softmax_is_the_maximum():
+def test_f_softmax_is_the_maximum(divergence):
     """softmax_f ≥ <p, θ> − D_f(p, q) for any p in the simplex, with equality at p*."""
     rng = np.random.default_rng(4)
-    lse = np.log(np.exp(_np(THETA)).sum(-1))
-    np.testing.assert_allclose(_standard("kl")["v/uniform"], lse - np.log(K), rtol=1e-6)
-    np.testing.assert_allclose(_standard("kl")["v/unit"], lse + 1 - K, rtol=1e-6)
-    for divergence in CORE_DIVERGENCES:
-        gen = ref_generator(divergence)
-        for q in Q_MODES:
-            out = _standard(divergence)
-            qa = ref_q(q, THETA)
-            for p in [out[f"p/{q}"], rng.dirichlet(np.ones(K), size=B)]:
-                with np.errstate(all="ignore"):
-                    objective = (p * _np(THETA)).sum(-1) - (qa * gen.f(p / qa)).sum(-1)
-                assert np.all(out[f"v/{q}"] >= objective - 1e-5)
+    out = _standard(divergence)
+    if divergence == "kl":
+        lse = np.log(np.exp(_np(THETA)).sum(-1))
+        np.testing.assert_allclose(out["v/uniform"], lse - np.log(K), rtol=1e-6)
+        np.testing.assert_allclose(out["v/unit"], lse + 1 - K, rtol=1e-6)
+    gen = ref_generator(divergence)
+    for q in Q_MODES:
+        qa = ref_q(q, THETA)
+        for p in [out[f"p/{q}"], rng.dirichlet(np.ones(K), size=B)]:
+            with np.errstate(all="ignore"):
+                objective = (p * _np(THETA)).sum(-1) - (qa * gen.f(p / qa)).sum(-1)
+            assert np.all(out[f"v/{q}"] >= objective - 1e-5)
 
 
 def test_temperature(divergence):
@@ -322,7 +345,7 @@ def test_f_sigmoid_is_two_class_softargmax(divergence):
 # Transformations, shapes, axes and dtypes.
 
 
-@pytest.mark.parametrize("divergence", ["kl", "chi2", "alpha:1.5"])
+@pytest.mark.parametrize("divergence", ["kl", "chi2", "alpha:1.5"], indirect=True)
 def test_jit_vmap_grad_compose(divergence):
     theta = _batch(8)
     weights = _batch(9)[0]
@@ -348,7 +371,9 @@ def test_jit_vmap_grad_compose(divergence):
     np.testing.assert_allclose(_np(hessian), _np(jac), atol=1e-6)
 
 
-@pytest.mark.parametrize(("divergence", "axis"), [("alpha:1.5", 0), ("reverse_kl", 1)])
+@pytest.mark.parametrize(
+    ("divergence", "axis"), [("alpha:1.5", 0), ("reverse_kl", 1)], indirect=["divergence"]
+)
 def test_axis_equals_moving_the_axis(divergence, axis):
     x = _batch(10, shape=(5, 4, 3))
     k = x.shape[axis]
@@ -380,7 +405,7 @@ def test_axis_equals_moving_the_axis(divergence, axis):
     np.testing.assert_allclose(_np(p), back(pv(moved, divergence)[0]), atol=1e-6)
 
 
-@pytest.mark.parametrize("divergence", ["kl", "alpha:1.5"])
+@pytest.mark.parametrize("divergence", ["kl", "alpha:1.5"], indirect=True)
 def test_several_leading_dims(divergence):
     x = _batch(12, shape=(2, 4, K))
     flat = x.reshape(-1, K)
@@ -394,7 +419,7 @@ def test_several_leading_dims(divergence):
     np.testing.assert_allclose(p_row, p_flat[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("divergence", ["reverse_kl", "chi2", "alpha:1.5"])
+@pytest.mark.parametrize("divergence", ["reverse_kl", "chi2", "alpha:1.5"], indirect=True)
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_half_precision(divergence, dtype):
     x = jnp.asarray(_batch(13, scale=4.0), dtype)
@@ -439,24 +464,18 @@ BAD_W = _batch(15)
 CLEAN = [0, 1, 2, 4, 5, 7]  # rows without NaN and not fully masked
 
 
-@functools.cache
-def _bad(divergence):
-    def run(x, mask, q_prior, w, x_huge):
-        out = {}
-        for name, q in [("uniform", "uniform"), ("unit", "unit"), ("array", q_prior)]:
-            out[f"p/{name}"], out[f"v/{name}"] = _pv(x, divergence, q=q, where=mask)
-        out["p_clean"], out["v_clean"] = _pv(
-            x[jnp.array(CLEAN)], divergence, q="uniform", where=mask[jnp.array(CLEAN)]
-        )
-        for q in Q_MODES:
-            out[f"p_huge_shifted/{q}"] = fdiv.f_softargmax(x_huge, divergence, q=q)
-        out["grad"] = jax.grad(lambda t: (fdiv.f_softargmax(t, divergence, where=mask) * w).sum())(
-            x
-        )
-        return out
-
-    out = jax.jit(run)(BAD_X, BAD_MASK, BAD_Q, BAD_W, BAD_X[[4, 5]] - np.float32(1e9))
-    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+def _bad_run(divergence, x, mask, q_prior, w, x_huge):
+    """The bad-input batch (traced inside ``_results``)."""
+    out = {}
+    for name, q in [("uniform", "uniform"), ("unit", "unit"), ("array", q_prior)]:
+        out[f"p/{name}"], out[f"v/{name}"] = _pv(x, divergence, q=q, where=mask)
+    out["p_clean"], out["v_clean"] = _pv(
+        x[jnp.array(CLEAN)], divergence, q="uniform", where=mask[jnp.array(CLEAN)]
+    )
+    for q in Q_MODES:
+        out[f"p_huge_shifted/{q}"] = fdiv.f_softargmax(x_huge, divergence, q=q)
+    out["grad"] = jax.grad(lambda t: (fdiv.f_softargmax(t, divergence, where=mask) * w).sum())(x)
+    return out
 
 
 def _bad_q(name):

@@ -135,7 +135,7 @@ def test_solver_accuracy(divergence, q):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("divergence", ["chi2", "alpha:1.5", "alpha:3", "js"])
+@pytest.mark.parametrize("divergence", ["chi2", "alpha:1.5", "alpha:3", "js"], indirect=True)
 def test_solvers_agree_with_each_other(divergence):
     theta = (np.random.default_rng(1).normal(size=(16, 50)) * 2).astype(np.float32)
     out = jax.jit(

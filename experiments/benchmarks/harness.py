@@ -91,17 +91,17 @@ def time_interleaved(
     return {name: statistics.median(s) for name, s in samples.items()}, repeats
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]], key: Sequence[str]) -> None:
-    """Writes ``rows`` into the table at ``path`` atomically (a temporary file renamed over it).
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], key: Sequence[str] | None = None) -> None:
+    """Writes ``rows`` to the table at ``path`` atomically (a temporary file renamed over it).
 
-    Rows already in the table with the same ``key`` columns as a new row are replaced; the
-    others (configurations this run did not measure, e.g. other sizes) are kept, each with
-    the provenance of its own run. Columns are in order of first appearance, the provenance
-    columns last.
+    Without ``key`` (a run of the whole grid) the table is replaced. With ``key`` (a run of
+    part of it) only the rows with the same ``key`` columns as a new row are replaced; the
+    others are kept, each with the provenance of its own run. Columns are in order of first
+    appearance, the provenance columns last.
     """
-    new_keys = {tuple(str(row[k]) for k in key) for row in rows}
+    new_keys = {tuple(str(row[k]) for k in key or ()) for row in rows}
     kept = []
-    if path.exists():
+    if key is not None and path.exists():
         with path.open(newline="") as f:
             kept = [r for r in csv.DictReader(f) if tuple(r[k] for k in key) not in new_keys]
     rows = [*kept, *rows]

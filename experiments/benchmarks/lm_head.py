@@ -43,7 +43,6 @@ FUSED = {
 REPEATS = {"full": 5, "quick": 2}
 TIME_BUDGET_S = {"full": 300.0, "quick": None}
 BASELINE = "unfused"
-KEY = ("mode", "n", "d", "v", "divergence", "reference_measure", "path", "chunk_size")
 
 
 def _candidates(divergence: str, q: str, labels, fused_paths) -> dict[tuple[str, int], object]:
@@ -136,5 +135,5 @@ def run(mode: str, out_dir: Path) -> Path:
                 f"({row['ratio_to_unfused']:.2f}x unfused), peak {harness.mib(row['peak_bytes'])}, "
                 f"loss rel. diff {row['loss_rel_diff']:.1e}"
             )
-        harness.write_csv(path, rows, KEY)
+        harness.write_csv(path, rows)
     return path

@@ -41,6 +41,7 @@ TIME_BUDGET_S = {"full": 240.0, "quick": None}
 MEMORY_BUDGET_BYTES = 8 * 2**30
 LOGIT_SCALE = 2.0
 BASELINE = "cross_entropy"
+# A run of some sizes only (``sizes``) replaces just its rows, identified by these columns.
 KEY = ("mode", "n", "v", "divergence", "reference_measure", "solver")
 
 
@@ -121,5 +122,5 @@ def run(mode: str, out_dir: Path, sizes: list[tuple[int, int]] | None = None) ->
                     f"  {divergence:>12} {q:>7} {solver:>6}: {1e3 * t:9.2f} ms "
                     f"({row['ratio_to_ce']:.2f}x CE), peak {harness.mib(peak)}"
                 )
-        harness.write_csv(path, rows, KEY)
+        harness.write_csv(path, rows, KEY if sizes else None)
     return path

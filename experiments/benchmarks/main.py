@@ -7,8 +7,8 @@
     python -m experiments.benchmarks losses --quick --out /tmp/bench   # a smoke test, seconds
 
 Results go to ``results/benchmarks/<which>.csv`` (``--out`` to change the folder). The table is
-updated atomically as the run goes, so an interrupted run keeps what it measured; rows of
-configurations a run does not measure are kept (``--sizes`` reruns some sizes of ``losses``).
+updated atomically as the run goes, so an interrupted run keeps what it measured. A run replaces
+the table, except ``losses --sizes``, which replaces the rows of those sizes only.
 """
 
 from __future__ import annotations

@@ -40,7 +40,6 @@ SIZES = {"full": (1024, 32768, 262144), "quick": (16,)}
 ROWS_PER_KIND = {"full": 8, "quick": 2}
 QUICK_DIVERGENCES = ("alpha:1.5",)
 REFERENCE_STEPS = 200
-KEY = ("mode", "divergence", "reference_measure", "v", "solver", "num_iters")
 
 
 def _rows_of_kind(kind: str, count: int, v: int, rng: np.random.Generator) -> np.ndarray:
@@ -151,5 +150,5 @@ def run(mode: str, out_dir: Path) -> Path:
                         f"[roots] {divergence:>10} {q:>7} V={v:>6} {solver:>6}: at the default "
                         f"iterations error {row['max_error']:.1e}, mass {row['max_mass_error']:.1e}"
                     )
-        harness.write_csv(path, rows, KEY)
+        harness.write_csv(path, rows)
     return path

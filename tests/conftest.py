@@ -1,8 +1,13 @@
 """Shared fixtures for the fdiv tests.
 
-Compiling the root solvers dominates the run time of the suite, so the JAX persistent compilation
-cache is switched on (a directory under the system temp dir, shared by the xdist workers and by
-later runs). Set ``FDIV_TEST_JAX_CACHE=0`` to switch it off, or to a path to move it.
+Compiling the root solvers dominates the run time of the suite, so:
+
+* the JAX persistent compilation cache is switched on (a directory under the system temp dir,
+  shared by the xdist workers and by later runs); set ``FDIV_TEST_JAX_CACHE=0`` to switch it off,
+  or to a path to move it;
+* the core tests compute everything one divergence needs in one compiled function, and under
+  ``pytest -n N`` all the tests of one divergence run on the same worker (xdist's ``loadgroup``
+  scheduling, switched on here for ``-n`` runs), so each divergence is compiled once.
 """
 
 import os
@@ -71,8 +76,24 @@ KNOWN_FAILURES = {
 }
 
 
+_GROUPED_FILES = ("test_operators.py", "test_losses.py", "test_solvers.py")
+
+
+def pytest_configure(config):
+    # `pytest -n N` schedules with "load"; "loadgroup" is the same for tests without an
+    # xdist_group mark and keeps the marked ones (below) together on one worker.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"
+    if hasattr(config, "workerinput"):  # an xdist worker: it must tag the grouped tests
+        config.option.loadgroup = True
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist renames the grouped tests' node ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         reason = KNOWN_FAILURES.get(item.nodeid)
         if reason is not None:
             item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.path.name in _GROUPED_FILES and "divergence" in params:
+            item.add_marker(pytest.mark.xdist_group(f"fdiv-{params['divergence']}"))

@@ -1,0 +1,106 @@
+"""SFT: the reasoning-gym instruction data, prompt masking, and end-to-end runs from a tiny
+pre-trained base (smoke, kill-and-resume, clear errors)."""
+
+import ml_collections
+import numpy as np
+import pytest
+import seqio
+
+from experiments.common import instructions
+
+SUMS = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+
+
+def _data_cfg(**changes) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(
+        {
+            "task": "chain_sum",
+            "task_kwargs": dict(SUMS),
+            "train_size": 300,
+            "test_size": 40,
+            "train_seed": 0,
+            "test_seed": 1,
+            "test_fraction": 0.25,
+            "seq_len": 72,
+        }
+    )
+    cfg.update(changes)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def source() -> instructions.InstructionSource:
+    return instructions.InstructionSource(_data_cfg(), seqio.ByteVocabulary())
+
+
+def test_problems_are_reproducible_and_train_test_disjoint(source):
+    again = instructions.InstructionSource(_data_cfg(), seqio.ByteVocabulary())
+    assert again.train_problems == source.train_problems
+    assert again.test_problems == source.test_problems
+    train = {p.question for p in source.train_problems}
+    test = [p.question for p in source.test_problems]
+    assert len(source.train_problems) == 300 and len(test) == 40
+    assert len(set(test)) == len(test)  # distinct test problems
+    assert not train & set(test)
+    # Another seed draws other training examples, from the same side of the split.
+    other = instructions.split_problems(_data_cfg(train_seed=7))[0]
+    assert other != source.train_problems
+    assert not {p.question for p in other} & set(test)
+    # Answers are the arithmetic of the question.
+    for p in source.test_problems:
+        expression = p.question.rsplit(":", 1)[1].rstrip("=")
+        assert int(p.answer) == eval(expression)  # digits and +/- only
+
+
+def test_batches_mask_the_prompt_and_padding(source):
+    vocab = source.vocab
+    batch = next(source.train_batches(8, seed=0, start_step=0))
+    assert batch["inputs"].shape == batch["targets"].shape == batch["mask"].shape == (8, 72)
+    assert batch["inputs"].dtype == np.int32 and batch["mask"].dtype == bool
+    np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+    for inputs, targets, mask in zip(batch["inputs"], batch["targets"], batch["mask"], strict=True):
+        text = vocab.decode([t for t in inputs if t != 0])
+        problem = next(p for p in source.train_problems if text.startswith(p.question))
+        # The unmasked targets are exactly the answer followed by the eos.
+        assert list(targets[mask]) == [*vocab.encode(problem.answer), vocab.eos_id]
+        prompt_len = len(vocab.encode(problem.question))
+        assert not mask[: prompt_len - 1].any() and mask[prompt_len - 1]
+        assert not mask[prompt_len + len(vocab.encode(problem.answer)) :].any()
+    # Batches are a function of (seed, step): a resumed run sees the same ones.
+    batches = source.train_batches(8, seed=0, start_step=0)
+    later = [next(batches) for _ in range(3)][2]
+    np.testing.assert_array_equal(later["inputs"], next(source.train_batches(8, 0, 2))["inputs"])
+    assert not np.array_equal(later["inputs"], batch["inputs"])
+
+
+def test_validation_batches_cover_every_test_problem_once(source):
+    batches = list(source.validation_batches(16))
+    assert len(batches) == 3 and all(b["inputs"].shape == (16, 72) for b in batches)
+    assert sum(int(b["mask"].any(axis=1).sum()) for b in batches) == 40
+    assert not batches[-1]["mask"][8:].any()  # 40 = 16 + 16 + 8: padded rows are masked
+    groups = list(source.prompt_groups(max_batch=16))
+    indices = np.concatenate([i for i, _ in groups])
+    assert sorted(indices.tolist()) == list(range(40))
+    for i, prompts in groups:
+        for j, row in zip(i, prompts, strict=True):
+            assert source.vocab.decode(row.tolist()) == source.test_problems[j].question
+
+
+def test_answer_checking_is_exact_match(source):
+    vocab = source.vocab
+    eos = vocab.eos_id
+    assert source.decode_answer([*vocab.encode("12"), eos, *vocab.encode("3")]) == "12"
+    assert source.decode_answer(vocab.encode("-4")) == "-4"  # no eos: the whole buffer
+    assert instructions.answer_matches(" 12 ", "12")
+    assert not instructions.answer_matches("12", "1")
+    assert not instructions.answer_matches("012", "12")
+    assert not instructions.answer_matches("", "0")
+
+
+def test_bad_data_configs_are_clear_errors():
+    with pytest.raises(ValueError, match="more than seq_len"):
+        instructions.InstructionSource(_data_cfg(seq_len=20), seqio.ByteVocabulary())
+    with pytest.raises(ValueError, match="test problems with test_fraction"):
+        instructions.split_problems(_data_cfg(test_fraction=0.0))
+    with pytest.raises(ValueError, match="reasoning-gym task 'no_such_task'"):
+        instructions.split_problems(_data_cfg(task="no_such_task"))

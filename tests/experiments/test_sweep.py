@@ -4,8 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from exputil import subprocess_env
 
+from experiments import sweep
 from experiments.classification import sweeps
 from experiments.common import results
 
@@ -80,3 +82,69 @@ def test_sweep_skips_finished_runs_and_names_failures(tmp_path):
     assert len(rows) == 15 and float(rows["kl-uniform-seed0"]["test_accuracy"]) >= 0
     log = tmp_path / "runs/sweeps/classification/chi2-unit-seed0.log"
     assert "holds a run with another config" in log.read_text()
+
+
+def test_unknown_sweep_name_lists_the_valid_ones(capsys):
+    assert sweep.main(["no_such_sweep"]) == 2
+    assert "unknown sweep 'no_such_sweep'; valid sweeps: classification" in capsys.readouterr().err
+
+
+def test_rerunning_a_finished_sweep_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    csv = tmp_path / "r.csv"
+    _finish(csv, [r.name for r in sweeps.SWEEP.runs])
+    before = csv.read_bytes()
+    for executor in ("local", "slurm"):
+        argv = ["classification", f"--executor={executor}", f"--set=results_csv={csv}"]
+        assert sweep.main(argv) == 0
+    assert csv.read_bytes() == before
+    assert not (tmp_path / "runs").exists()  # No run directory, log or job folder.
+
+
+# A run of the tiny sweep: writes its result row, or fails when its name says so.
+_FAKE_RUN = """
+import sys
+from experiments.common import results
+csv, name = sys.argv[1:]
+print("running", name)
+if name.endswith("fail"):
+    sys.exit(3)
+row = {k: "" for k in (*results.LEADING, *results.TRAILING)}
+row.update(experiment="classification", config_name="fashion_mnist", run_name=name)
+results.write_row(csv, row)
+"""
+
+
+def _fake_run(csv, name):
+    return [sys.executable, "-c", _FAKE_RUN, str(csv), name]
+
+
+@pytest.mark.parametrize("cluster", ["local", "debug"])
+def test_submitit_executor_skips_finished_runs_and_names_failures(
+    cluster, tmp_path, monkeypatch, capsys
+):
+    """The slurm executor's path through submitit's local / debug executor, on cheap runs."""
+    monkeypatch.chdir(tmp_path)
+    csv = tmp_path / "r.csv"
+    tiny = sweep.Sweep(
+        experiment="classification",
+        config=sweeps.SWEEP.config,
+        runs=tuple(sweep.Run(n, {}) for n in ("a", "b-fail", "c", "d")),
+    )
+    monkeypatch.setattr(sweep, "load_sweep", lambda name: tiny)
+    monkeypatch.setattr(sweep, "command", lambda s, run, extra: _fake_run(csv, run.name))
+    _finish(csv, ["d"])
+    args = ["classification", "--executor=slurm", f"--cluster={cluster}", "--time=5"]
+    assert sweep.main([*args, f"--set=results_csv={csv}"]) == 1
+    out, err = capsys.readouterr()
+    assert "4 runs, 1 done" in out and "3 to run" in out
+    assert "[3/3]" in out and "2 ok, 1 failed, 1 skipped" in out
+    assert "b-fail: FAILED (exit 3" in out and "1 failed: b-fail" in err
+    assert sorted(r["run_name"] for r in results.read_rows(csv)) == ["a", "c", "d"]
+    logs = tmp_path / "runs/sweeps/classification"
+    assert (logs / "b-fail.log").read_text().strip() == "running b-fail"
+    assert any((logs / "submitit").iterdir())
+    # Once the failure is fixed, only the failed run runs again.
+    monkeypatch.setattr(sweep, "command", lambda s, run, extra: _fake_run(csv, "b"))
+    assert sweep.main([*args, f"--set=results_csv={csv}"]) == 0
+    assert "1 to run" in capsys.readouterr().out

@@ -6,6 +6,9 @@ The public API:
 * :func:`fdiv_loss`, :func:`fdiv_loss_with_integer_labels`, :func:`fdiv_binary_loss`:
   the Fenchel–Young losses;
 * :func:`fused_linear_fdiv_loss`: the memory-efficient LM head (projection + loss, chunked);
+* :func:`epsilon_cross_entropy`, :func:`jensen_shannon_to_label`, :func:`sparsemax_score`,
+  :func:`support_size`: evaluation metrics that stay finite for sparse distributions;
+* :func:`sample`, :func:`greedy`: drawing classes (tokens), never one of probability zero;
 * :class:`Generator`, :class:`CustomGenerator`, :func:`get_generator`, :func:`register`:
   the generators ``f`` and their registry by name.
 """
@@ -25,8 +28,15 @@ from fdiv.divergences import (
 )
 from fdiv.lm_head import fused_linear_fdiv_loss
 from fdiv.losses import fdiv_binary_loss, fdiv_loss, fdiv_loss_with_integer_labels
+from fdiv.metrics import (
+    epsilon_cross_entropy,
+    jensen_shannon_to_label,
+    sparsemax_score,
+    support_size,
+)
 from fdiv.operators import f_sigmoid, f_softargmax, f_softmax
 from fdiv.root_finding import SOLVERS
+from fdiv.sampling import greedy, sample
 
 __version__ = "0.1.0"
 
@@ -40,6 +50,7 @@ __all__ = [
     "Hellinger",
     "JensenShannon",
     "ReverseKL",
+    "epsilon_cross_entropy",
     "f_sigmoid",
     "f_softargmax",
     "f_softmax",
@@ -48,6 +59,11 @@ __all__ = [
     "fdiv_loss_with_integer_labels",
     "fused_linear_fdiv_loss",
     "get_generator",
+    "greedy",
+    "jensen_shannon_to_label",
     "register",
+    "sample",
+    "sparsemax_score",
+    "support_size",
     "valid_names",
 ]

@@ -18,10 +18,12 @@ else
   echo "[setup] $venv is up to date"
 fi
 
-# Offline data: Fashion-MNIST (classification) and the King James Bible (language modelling).
+# Offline data: Fashion-MNIST (classification), the King James Bible and the Python
+# documentation (language modelling).
 need=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
 command -v bible >/dev/null || need+=(bible-kjv-text bible-kjv)
+[ -f /usr/share/info/python3.11.info.gz ] || need+=(python3.11-doc)
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "[setup] installing Debian packages: ${need[*]}"

@@ -1,0 +1,1 @@
+"""Language-model pre-training with f-divergence losses (``python -m experiments.pretrain``)."""

@@ -5,8 +5,9 @@
 Writes two tables, each atomically and each row with the hardware, jax version, git commit and
 timestamp of the run (the benchmarks' provenance columns):
 
-* ``operator_shapes.csv``: ``p = f_softargmax((t, 0))[0]`` for ``t`` in ``[-5, 5]`` (101 points);
-  columns ``divergence, reference_measure, t, p``;
+* ``operator_shapes.csv``: ``(p1, p2) = f_softargmax((t, 0))`` for ``t`` in ``[-5, 5]`` (101
+  points; ``p1`` is the sigmoid analogue ``f_sigmoid(t)``); columns ``divergence,
+  reference_measure, t, p1, p2``;
 * ``operator_simplex.csv``: ``(p1, p2, p3) = f_softargmax((t1, t2, 0))`` on a 17 × 17 grid of
   ``(t1, t2)`` in ``[-4, 4]²``; columns ``divergence, reference_measure, t1, t2, p1, p2, p3``;
 
@@ -50,10 +51,16 @@ def _cell(x: float) -> str:
 
 def shapes(divergence: str, q: str) -> list[dict[str, str]]:
     """Rows of ``operator_shapes.csv`` for one divergence and reference measure."""
-    p = np.asarray(fdiv.f_sigmoid(jnp.asarray(T_LINE, jnp.float32), divergence, q=q))
+    logits = np.stack([T_LINE, np.zeros_like(T_LINE)], axis=-1).astype(np.float32)
+    p = np.asarray(fdiv.f_softargmax(jnp.asarray(logits), divergence, q=q))
     return [
-        {"divergence": divergence, "reference_measure": q, "t": _cell(t), "p": _cell(pt)}
-        for t, pt in zip(T_LINE, p, strict=True)
+        {
+            "divergence": divergence,
+            "reference_measure": q,
+            "t": _cell(t),
+            **{f"p{j + 1}": _cell(pj) for j, pj in enumerate(row)},
+        }
+        for t, row in zip(T_LINE, p, strict=True)
     ]
 
 

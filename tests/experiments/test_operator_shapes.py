@@ -15,9 +15,10 @@ def _column(rows, name):
 def test_two_class_shapes_match_the_closed_forms():
     t = operator_shapes.T_LINE
     kl = operator_shapes.shapes("kl", "uniform")
-    np.testing.assert_allclose(_column(kl, "p"), jax.nn.sigmoid(t), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(_column(kl, "p1"), jax.nn.sigmoid(t), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(_column(kl, "p2"), jax.nn.sigmoid(-t), rtol=1e-5, atol=1e-7)
     # χ² with unit q is sparsemax of θ/2: p = clip(1/2 + t/4, 0, 1), exactly 0 and 1 at the ends.
-    chi2 = _column(operator_shapes.shapes("chi2", "unit"), "p")
+    chi2 = _column(operator_shapes.shapes("chi2", "unit"), "p1")
     np.testing.assert_allclose(chi2, np.clip(0.5 + t / 4, 0, 1), atol=1e-6)
     assert chi2[0] == 0.0 and chi2[-1] == 1.0
 

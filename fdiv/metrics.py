@@ -18,8 +18,8 @@ unmasked tokens of a batch itself. The probabilities are used as given (the f-so
 sums to one to its solver's tolerance); masked classes count as probability zero.
 
 References:
-  Peters, Niculae, Martins. Sparse Sequence-to-Sequence Models. ACL 2019 (ε-perplexity,
-  sparsemax score, Jensen–Shannon to the target).
+  Martins, Marinho, Martins. Sparse Text Generation. EMNLP 2020 (the ε-perplexity, the
+  sparsemax score and the Jensen–Shannon divergence as metrics of sparse language models).
 """
 
 from __future__ import annotations

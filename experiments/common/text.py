@@ -236,6 +236,7 @@ class C4Source:
     re-reading those rows. Validation: every host reads the whole split in order (so all hosts
     agree on the number of batches) and keeps its rows of each global batch; the split is large
     (~360k documents), so experiments normally evaluate a fixed number of its first batches.
+    Rows do not overlap (T5/nanodo packing): the first token of each row is an input only.
     """
 
     def __init__(self, cfg: ml_collections.ConfigDict):
@@ -272,16 +273,16 @@ class C4Source:
         dataset = self._task.get_dataset(
             sequence_length=None, split="validation", shuffle=False, num_epochs=1
         )
-        rows = _pack(dataset, self._seq_len, drop_remainder=False)
-        full = self._seq_len + 1
-        for chunk in rows.batch(batch_size).as_numpy_iterator():
-            # The last row may be short and the last batch may hold fewer rows: pad both.
-            padded = np.zeros((batch_size, full), np.int32)
-            valid = np.zeros((batch_size, full), bool)
-            for i, row in enumerate(chunk):
-                padded[i, : len(row)] = row
-                valid[i, : len(row)] = True
-            yield _to_batch(padded[lo:hi], valid[lo:hi, 1:])
+        # The last row may be short and the last batch may hold fewer rows: -1 marks padding.
+        rows = _pack(dataset, self._seq_len, drop_remainder=False).padded_batch(
+            batch_size, padded_shapes=[self._seq_len + 1], padding_values=-1
+        )
+        for chunk in rows.as_numpy_iterator():
+            sequences = np.full((batch_size, self._seq_len + 1), -1, np.int32)
+            sequences[: len(chunk)] = chunk
+            valid = sequences >= 0
+            sequences[~valid] = 0
+            yield _to_batch(sequences[lo:hi], valid[lo:hi, 1:])
 
     def unigram(self) -> np.ndarray:
         """Estimated from the first ``data.unigram_documents`` training documents (cached)."""

@@ -284,7 +284,10 @@ def get_task(
     import seqio  # Imports tensorflow (seconds).
 
     if name in seqio.TaskRegistry.names():
-        return seqio.TaskRegistry.get(name)
+        if corpus != "c4":
+            return seqio.TaskRegistry.get(name)
+        # C4's name does not say which data dir (or version) it reads: define it afresh.
+        seqio.TaskRegistry.remove(name)
     if corpus == "c4":
         source = seqio.TfdsDataSource(
             tfds_name=tfds_name,

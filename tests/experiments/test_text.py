@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -286,3 +287,84 @@ def test_c4_missing_fails_fast_without_tensorflow(tmp_path):
     assert "c4/en" in out.stdout and "download_and_prepare" in out.stdout
     assert str(tmp_path) in out.stdout
     assert time.time() - start < 60
+
+
+# -------------------------------------------------------------------------- C4 (mocked)
+
+C4_DOCS = {
+    "train": [f"train document {i}: " + "word " * (i % 7) for i in range(60)],
+    "validation": [f"validation document {i} " + "x" * (i % 5) for i in range(9)],
+}
+
+
+@pytest.fixture
+def fake_c4(tmp_path):
+    """A tfds data dir with C4's metadata, and tfds mocked to read ``C4_DOCS`` from it."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("c4/en", data_dir=str(tmp_path))
+    splits = [
+        tfds.core.SplitInfo(
+            name=split,
+            shard_lengths=[len(docs)],
+            num_bytes=sum(map(len, docs)),
+            filename_template=tfds.core.ShardedFileTemplate(
+                data_dir=builder.data_dir,
+                dataset_name="c4",
+                split=split,
+                filetype_suffix="tfrecord",
+            ),
+        )
+        for split, docs in C4_DOCS.items()
+    ]
+    builder.info.set_splits(tfds.core.SplitDict(splits))
+    Path(builder.data_dir).mkdir(parents=True)
+    builder.info.write_to_directory(builder.data_dir)
+
+    def as_dataset(self, split, **kwargs):
+        docs = C4_DOCS[str(split)]
+        n = len(docs)
+        return tf.data.Dataset.from_tensor_slices(
+            {"text": docs, "url": ["u"] * n, "timestamp": ["t"] * n}
+        )
+
+    with tfds.testing.mock_data(
+        as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path)
+    ):
+        yield tmp_path
+
+
+def test_c4_batches_through_seqio(fake_c4):
+    cfg = text.data_config(
+        name="c4", vocab="byte", seq_len=16, tfds_data_dir=str(fake_c4), unigram_documents=20
+    )
+    cfg.cache_dir = str(fake_c4 / "cache")
+    source = text.make_text_source(cfg)
+    assert source.vocab_size == 259
+
+    # Validation: rows of L + 1 tokens of the stream, in order; padding masked.
+    stream = [t for d in C4_DOCS["validation"] for t in [*source.vocab.encode(d), 1]]
+    batches = list(source.validation_batches(4))
+    rows = [
+        np.concatenate([b["inputs"][i, :1], b["targets"][i][b["mask"][i]]])
+        for b in batches
+        for i in range(4)
+        if b["mask"][i].any()
+    ]
+    np.testing.assert_array_equal(np.concatenate(rows), stream)
+    assert not batches[-1]["mask"][-1].any()
+
+    run = list(itertools.islice(source.train_batches(4, seed=2, start_step=0), 5))
+    resumed = next(source.train_batches(4, seed=2, start_step=3))
+    for k in resumed:
+        np.testing.assert_array_equal(resumed[k], run[3][k])
+    assert run[0]["mask"].all() and run[0]["inputs"].shape == (4, 16)
+    np.testing.assert_array_equal(run[0]["inputs"][:, 1:], run[0]["targets"][:, :-1])
+
+    q = source.unigram()
+    counts = np.bincount(
+        [t for d in C4_DOCS["train"][:20] for t in [*source.vocab.encode(d), 1]], minlength=259
+    )
+    np.testing.assert_allclose(q, (counts + 1) / (counts + 1).sum(), rtol=1e-5)
+    assert list((fake_c4 / "cache").rglob("c4-unigram-*.npy"))

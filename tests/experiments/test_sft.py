@@ -104,3 +104,55 @@ def test_bad_data_configs_are_clear_errors():
         instructions.split_problems(_data_cfg(test_fraction=0.0))
     with pytest.raises(ValueError, match="reasoning-gym task 'no_such_task'"):
         instructions.split_problems(_data_cfg(task="no_such_task"))
+
+
+def _tiny_model_cfg() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "num_layers": 1,
+            "d_model": 16,
+            "num_heads": 2,
+            "mlp_dim": 32,
+            "positions": "rotary",
+            "max_len": 72,
+            "tie_embeddings": True,
+            "dtype": "float32",
+        }
+    )
+
+
+@pytest.mark.parametrize(("divergence", "q"), [("alpha:1.5", "uniform"), ("kl", "base")])
+def test_prompt_targets_change_neither_the_loss_nor_its_gradient(source, divergence, q):
+    import jax
+    from flax import nnx
+
+    from experiments.common import transformer
+    from experiments.sft import task
+
+    vocab_size = source.vocab.vocab_size
+    model = transformer.Transformer(_tiny_model_cfg(), vocab_size, rngs=nnx.Rngs(0))
+    base = transformer.Transformer(_tiny_model_cfg(), vocab_size, rngs=nnx.Rngs(1))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    config = ml_collections.ConfigDict({"loss": {"divergence": divergence, "q": q}})
+    loss_fn = task.make_loss_fn(graphdef, config, base if q == "base" else None)
+
+    def value_and_grad(batch):
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, rest, batch, jax.random.key(0)
+        )
+        return float(loss), grads
+
+    batch = next(source.train_batches(4, seed=0, start_step=0))
+    scrambled = dict(batch)
+    rng = np.random.default_rng(0)
+    random_targets = rng.integers(0, vocab_size, batch["targets"].shape).astype(np.int32)
+    scrambled["targets"] = np.where(batch["mask"], batch["targets"], random_targets)
+    assert (scrambled["targets"] != batch["targets"]).sum() > 50  # many prompt targets changed
+    loss, grads = value_and_grad(batch)
+    loss_scrambled, grads_scrambled = value_and_grad(scrambled)
+    assert loss == loss_scrambled
+    jax.tree.map(np.testing.assert_array_equal, grads, grads_scrambled)
+    # A changed response target does change them: the test can fail.
+    answer = dict(batch)
+    answer["targets"] = np.where(batch["mask"], (batch["targets"] + 1) % vocab_size, 0)
+    assert value_and_grad(answer)[0] != loss

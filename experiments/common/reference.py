@@ -1,0 +1,59 @@
+"""A frozen model's per-token distribution: the reference measure ``q = "base"`` of SFT, and the
+teacher targets (and ``q = "teacher"``) of distillation.
+
+The distribution is the softmax of the frozen model's logits at a temperature ``T``; the default
+base and teacher are pre-trained with the KL loss, whose operator is exactly this softmax. For
+large vocabularies it can be cut to the ``k`` most likely tokens and renormalised, either dense
+(``[N, V]``, zeros off the top k) or as the top-k pair ``(indices [N, K], values [N, K])`` that
+``fdiv.fused_linear_fdiv_loss`` takes as targets without a dense ``[N, V]`` array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+def frozen(model: nnx.Module) -> Callable[[Array], Array]:
+    """``inputs → logits`` of a frozen model, safe to call inside ``jit``: its parameters are
+    constants of the traced function, not module state that tracing could touch."""
+    graphdef, state = nnx.split(model)
+    return lambda inputs: nnx.merge(graphdef, state)(inputs)
+
+
+def _check(temperature: float, top_k: int, vocab_size: int) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 <= top_k <= vocab_size:
+        raise ValueError(f"top_k must be in [0, {vocab_size}] (0: all tokens), got {top_k}")
+
+
+def top_k_distribution(
+    logits_NxV: Array, top_k: int, *, temperature: float = 1.0
+) -> tuple[Array, Array]:
+    """``(indices [N, K], values [N, K])``: the ``top_k`` most likely tokens of
+    ``softmax(logits / T)`` and their probabilities renormalised to sum to one (float32)."""
+    _check(temperature, top_k, logits_NxV.shape[-1])
+    if top_k == 0:
+        raise ValueError("top_k_distribution needs top_k ≥ 1")
+    logits = jax.lax.stop_gradient(logits_NxV).astype(jnp.float32) / temperature
+    top_logits, indices = jax.lax.top_k(logits, top_k)
+    # Renormalising over the kept tokens is the softmax of their logits alone.
+    return indices, jax.nn.softmax(top_logits, axis=-1)
+
+
+def token_distribution(logits_NxV: Array, *, temperature: float = 1.0, top_k: int = 0) -> Array:
+    """The dense ``[N, V]`` distribution: ``softmax(logits / T)``, or (``top_k > 0``) its top-k
+    renormalised with zeros elsewhere. A constant: no gradient flows to the frozen model."""
+    _check(temperature, top_k, logits_NxV.shape[-1])
+    if top_k == 0:
+        logits = jax.lax.stop_gradient(logits_NxV).astype(jnp.float32)
+        return jax.nn.softmax(logits / temperature, axis=-1)
+    indices, values = top_k_distribution(logits_NxV, top_k, temperature=temperature)
+    rows = jnp.arange(logits_NxV.shape[0])[:, None]
+    return jnp.zeros(logits_NxV.shape, jnp.float32).at[rows, indices].set(values)

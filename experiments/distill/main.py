@@ -1,0 +1,202 @@
+"""Distil a pre-trained teacher into a smaller student with a soft-label f-divergence loss,
+evaluate the student, write one result row.
+
+    python -m experiments.distill --config=experiments/distill/configs/tiny.py \\
+        --config.loss.divergence=alpha:1.5 --config.loss.q=uniform
+
+The teacher is the latest checkpoint of the pre-training run in ``config.teacher.workdir``; the
+student (``config.model``) starts from random weights and trains on the teacher's text. Rerunning
+the same command after an interruption resumes from the latest checkpoint in the run's workdir;
+a finished run only re-evaluates and replaces its row in ``config.results_csv``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+from ml_collections import config_flags
+
+import fdiv
+from experiments.common import config as config_lib
+from experiments.common import lm, optim, progress, results, sharding, text, trainer, transformer
+from experiments.common.progress import log
+from experiments.distill import task
+
+EXPERIMENT = "distill"
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    str(Path(__file__).parent / "configs" / "tiny.py"),
+    "Config file; override keys with --config.<key>=<value>.",
+    lock_config=True,
+)
+# Keys that may change between a run and its resumption: they do not change the trajectory.
+RESUMABLE_CHANGES = (
+    "distributed",
+    "eval.",
+    "results_csv",
+    "data.cache_dir",
+    "train.checkpoint_every_steps",
+    "train.keep_checkpoints",
+    "train.log_every_steps",
+    "train.stop_after_steps",
+)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises :class:`config_lib.ConfigError` naming the first invalid value."""
+    c = config
+    config_lib.check(c, "name", bool, "expected a non-empty config name")
+    config_lib.check(c, "teacher.workdir", bool, "expected the workdir of a pre-training run")
+    config_lib.check_positive(c, "teacher.step", allow_zero=True)
+    transformer.validate(c)
+    config_lib.check_one_of(c, "loss.q", task.REFERENCE_MEASURES)
+    config_lib.check_one_of(c, "optim.name", optim.NAMES)
+    config_lib.check_one_of(c, "optim.schedule", optim.SCHEDULES)
+    try:
+        fdiv.get_generator(c.loss.divergence)
+    except ValueError as e:
+        raise config_lib.ConfigError(f"config.loss.divergence = {c.loss.divergence!r}: {e}") from e
+    config_lib.check(
+        c, "distill.temperature", lambda t: isinstance(t, float) and t > 0, "expected a float > 0"
+    )
+    config_lib.check(
+        c, "distill.top_k", lambda k: isinstance(k, int) and k >= 0, "expected an integer ≥ 0"
+    )
+    for key in ("optim.learning_rate", "train.steps", "train.batch_size", "eval.batch_size"):
+        config_lib.check_positive(c, key)
+    for key in ("train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints"):
+        config_lib.check_positive(c, key)
+    config_lib.check_positive(c, "data.seq_len")
+    config_lib.check(
+        c,
+        "data.seq_len",
+        lambda n: n <= c.model.max_len,
+        f"exceeds model.max_len {c.model.max_len}",
+    )
+    for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip_norm"):
+        config_lib.check_positive(c, key, allow_zero=True)
+    for key in ("train.eval_every_steps", "train.stop_after_steps", "eval.max_batches"):
+        config_lib.check_positive(c, key, allow_zero=True)
+    devices = jax.device_count()
+    for key in ("train.batch_size", "eval.batch_size"):
+        config_lib.check(c, key, lambda b: b % devices == 0, f"not divisible by {devices} devices")
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """Distils (resuming if possible), evaluates and writes the result row, which it returns.
+
+    Returns None when ``train.stop_after_steps`` stopped training before the final step.
+    """
+    validate(config)
+    if config.distributed:
+        jax.distributed.initialize()
+    run_name = config.run_name or task.default_run_name(
+        config.loss.divergence, config.loss.q, config.seed
+    )
+    workdir = Path(config.workdir or f"runs/{EXPERIMENT}/{config.name}/{run_name}")
+    config_lib.check_resumable(workdir, config, RESUMABLE_CHANGES)
+
+    teacher, teacher_config = lm.restore_model(
+        config.teacher.workdir, step=config.teacher.step or None
+    )
+    if teacher_config.model.max_len < config.data.seq_len:
+        raise config_lib.ConfigError(
+            f"config.data.seq_len = {config.data.seq_len} exceeds the teacher's max_len "
+            f"{teacher_config.model.max_len}"
+        )
+    # The teacher's corpus and vocabulary, at the student's sequence length.
+    data_cfg = teacher_config.data.copy_and_resolve_references()
+    data_cfg.seq_len = config.data.seq_len
+    if config.data.cache_dir:
+        data_cfg.cache_dir = config.data.cache_dir
+    source = text.make_text_source(data_cfg)
+    vocab_size = teacher.output_weight().shape[-1]
+    config_lib.record(workdir, config)
+    mesh = sharding.make_mesh()
+    student = transformer.Transformer(config.model, vocab_size, rngs=nnx.Rngs(config.seed))
+    log.info(
+        "distilling %s (%d parameters) into a student of %d parameters",
+        config.teacher.workdir,
+        transformer.num_params(teacher),
+        transformer.num_params(student),
+    )
+    graphdef, params, model_state = nnx.split(student, nnx.Param, ...)
+    tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
+    state = trainer.create_state(params, model_state, tx, jax.random.key(config.seed))
+    state = sharding.replicate(state, mesh)
+
+    def validation_batches():
+        batches = source.validation_batches(config.eval.batch_size)
+        if config.eval.max_batches:
+            batches = itertools.islice(batches, config.eval.max_batches)
+        return (sharding.shard_batch(b, mesh) for b in batches)
+
+    evaluate = task.make_evaluate(graphdef, config, teacher, validation_batches)
+    result, writer = trainer.resume_and_train(
+        state,
+        trainer.make_train_step(task.make_loss_fn(graphdef, config, teacher), tx, schedule, mesh),
+        lambda start: source.train_batches(config.train.batch_size, config.seed, start),
+        workdir=workdir,
+        mesh=mesh,
+        train_cfg=config.train,
+        examples_per_step=config.train.batch_size,
+        eval_fn=evaluate,
+    )
+    steps = int(result.state.step)
+    if steps < config.train.steps:
+        log.info("stopped at step %d of %d; rerun to resume", steps, config.train.steps)
+        return None
+
+    began = time.perf_counter()
+    test = evaluate(result.state)
+    eval_time_s = time.perf_counter() - began
+    writer.write(steps, "test", test)
+    log.info("held-out metrics: %s", test)
+    train_last = writer.last("train")
+    generator = fdiv.get_generator(config.loss.divergence)
+    row = {
+        "experiment": EXPERIMENT,
+        "config_name": config.name,
+        "run_name": run_name,
+        "divergence": config.loss.divergence,
+        "alpha": getattr(generator, "alpha", None),
+        "reference_measure": config.loss.q,
+        "seed": config.seed,
+        "steps": steps,
+        **{f"test_{k}": v for k, v in test.items()},
+        "train_loss": train_last.get("loss"),
+        "train_examples_per_s": train_last.get("examples_per_s"),
+        "top_k": config.distill.top_k,
+        "temperature": config.distill.temperature,
+        "teacher_workdir": config.teacher.workdir,
+        "teacher_params": transformer.num_params(teacher),
+        "student_params": transformer.num_params(student),
+        "wall_time_s": round(result.train_time_s + eval_time_s, 2),
+        **results.provenance(config_lib.to_json(config)),
+    }
+    if jax.process_index() == 0:
+        results.write_row(config.results_csv, row)
+        log.info("result row written to %s", config.results_csv)
+    return row
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    progress.setup_logging()
+    try:
+        run(_CONFIG.value)
+    except (
+        config_lib.ConfigError,
+        lm.ModelRestoreError,
+        text.DatasetMissingError,
+        trainer.NonFiniteLossError,
+    ) as e:
+        sys.exit(f"error: {e}")

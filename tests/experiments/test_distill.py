@@ -1,0 +1,95 @@
+"""Distillation: the soft-label loss (zero with zero gradient at the teacher's target), the
+teacher's targets, and end-to-end runs from a tiny teacher (smoke, clear errors)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fdiv
+from experiments.common import reference
+from experiments.distill import task
+
+N, D, V = 12, 8, 23
+
+
+def _student(seed: int = 0):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(k1, (N, D)), jax.random.normal(k2, (D, V))
+
+
+def _teacher_logits_for(p: jax.Array, temperature: float) -> jax.Array:
+    """Teacher logits whose softmax at ``temperature`` is exactly ``p`` (−inf where p = 0)."""
+    return temperature * jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -jnp.inf)
+
+
+@pytest.mark.parametrize(
+    ("divergence", "q", "top_k", "temperature"),
+    [
+        ("kl", "uniform", 0, 1.0),
+        ("alpha:1.5", "uniform", 0, 2.0),
+        ("alpha:1.5", "unit", 6, 1.0),  # entmax-1.5 of these logits has at most 6 tokens
+        ("chi2", "unit", 6, 1.0),
+        ("js", "uniform", 0, 1.0),
+        ("reverse_kl", "unit", 0, 0.5),
+    ],
+)
+def test_loss_and_gradient_vanish_when_the_student_operator_equals_the_target(
+    divergence, q, top_k, temperature
+):
+    hidden, weight = _student()
+    hidden = 3.0 * hidden  # Sharp enough for the sparse operators to have small supports.
+    p = fdiv.f_softargmax(hidden @ weight / temperature, divergence, q=q)
+    if top_k:
+        assert int((p > 0).sum(-1).max()) <= top_k
+    teacher = _teacher_logits_for(p, temperature)
+    mask = jnp.ones(N, bool).at[-2:].set(False)
+
+    def loss(h, w):
+        return task.distillation_loss(
+            h, w, teacher, mask, divergence, q, top_k=top_k, temperature=temperature
+        )
+
+    value, (d_hidden, d_weight) = jax.value_and_grad(loss, argnums=(0, 1))(hidden, weight)
+    assert abs(float(value)) < 1e-5
+    assert float(jnp.abs(d_hidden).max()) < 1e-5 and float(jnp.abs(d_weight).max()) < 1e-5
+    # Elsewhere the loss is positive and the gradient is not zero: the test can fail.
+    other, _ = _student(seed=1)
+    value = loss(other, weight)
+    assert float(value) > 1e-3
+    assert float(jnp.abs(jax.grad(loss)(other, weight)).max()) > 1e-4
+
+
+@pytest.mark.parametrize("divergence", ["kl", "alpha:1.5", "hellinger"])
+def test_teacher_as_reference_measure_is_zero_at_constant_student_logits(divergence):
+    """With q = the teacher's distribution, the operator of constant logits is the teacher."""
+    _, weight = _student()
+    teacher = 2.0 * jax.random.normal(jax.random.key(3), (N, V))
+    mask = jnp.ones(N, bool)
+
+    def loss(h):
+        return task.distillation_loss(h, weight, teacher, mask, divergence, "teacher")
+
+    zero = jnp.zeros((N, D))
+    assert abs(float(loss(zero))) < 1e-5
+    assert float(jnp.abs(jax.grad(loss)(zero)).max()) < 1e-5
+    assert float(loss(_student(seed=2)[0])) > 1e-3
+
+
+def test_teacher_targets_softmax_and_top_k():
+    logits = jax.random.normal(jax.random.key(4), (5, V)) * 3
+    full = reference.token_distribution(logits, temperature=2.0)
+    np.testing.assert_allclose(full, jax.nn.softmax(logits / 2.0), rtol=1e-6)
+    indices, values = reference.top_k_distribution(logits, 4, temperature=2.0)
+    np.testing.assert_allclose(values.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(indices, jnp.argsort(-logits, axis=-1)[:, :4])
+    dense = reference.token_distribution(logits, temperature=2.0, top_k=4)
+    assert int((dense > 0).sum(-1).max()) == 4
+    np.testing.assert_allclose(jnp.take_along_axis(dense, indices, -1), values, rtol=1e-6)
+    # Within the kept tokens, the ratios are the teacher's.
+    ratio = jnp.take_along_axis(full, indices, -1) / values
+    np.testing.assert_allclose(ratio, ratio[:, :1] * jnp.ones_like(ratio), rtol=1e-5)
+    with pytest.raises(ValueError, match="top_k must be in"):
+        reference.token_distribution(logits, top_k=V + 1)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        reference.token_distribution(logits, temperature=0.0)

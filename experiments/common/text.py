@@ -81,6 +81,9 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
             "unigram_documents": 100_000,
         }
     )
+    unknown = sorted(set(overrides) - set(cfg.keys()))
+    if unknown:
+        raise KeyError(f"unknown data config keys {unknown}; valid: {', '.join(cfg.keys())}")
     cfg.update(overrides)
     return cfg
 

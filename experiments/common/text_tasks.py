@@ -252,7 +252,12 @@ def c4_tfds_name(tfds_data_dir: str) -> str:
     Raises :class:`~experiments.common.data.DatasetMissingError` (before any tensorflow import)
     when none is.
     """
-    data.require_tfds(C4_TFDS_NAME, tfds_data_dir)
+    try:
+        data.require_tfds(C4_TFDS_NAME, tfds_data_dir)
+    except data.DatasetMissingError as e:
+        raise data.DatasetMissingError(
+            f"{e} (Preparing C4 runs tfds's Apache Beam pipeline: pip install apache-beam.)"
+        ) from None
     root = data.tfds_data_dir(tfds_data_dir) / C4_TFDS_NAME
     versions = [p.parent.name for p in root.glob("*/dataset_info.json")]
     newest = max(versions, key=lambda v: tuple(int(x) for x in v.split(".") if x.isdigit()))

@@ -258,6 +258,8 @@ def test_unknown_names_list_the_valid_ones():
         text.make_text_source(text.data_config(name="wikipedia"))
     with pytest.raises(text.UnknownNameError, match="sentencepiece, byte"):
         text.load_vocabulary("gpt2")
+    with pytest.raises(KeyError, match="seq_len"):
+        text.data_config(sequence_length=64)
     with pytest.raises(ValueError, match="seq_len"):
         text.make_text_source(text.data_config(seq_len=0))
 

@@ -197,7 +197,7 @@ def _run_slurm(
     tasks: list[Task], args: argparse.Namespace, folder: Path
 ) -> Iterator[tuple[Task, Outcome]]:
     """One job per run, submitted as a job array through submitit; outcomes as jobs finish."""
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=args.cluster)
+    executor = submitit.AutoExecutor(folder=folder, cluster=args.cluster)
     # The job unpickles _execute, so it imports experiments.* from this checkout.
     setup = [f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"]
     executor.update_parameters(

@@ -193,9 +193,9 @@ class TokenArraySource:
         lo, hi = data._process_slice(batch_size)  # This host's rows of the global batch.
         num_offsets = len(self.train_tokens) - self.seq_len
         window = np.arange(self.seq_len + 1)
-        mask = np.ones((hi - lo, self.seq_len), bool)
         for step in itertools.count(start_step):
             offsets = np.random.default_rng((seed, step)).integers(0, num_offsets, batch_size)
+            mask = np.ones((hi - lo, self.seq_len), bool)  # Fresh: callers may edit batches.
             yield _to_batch(self.train_tokens[offsets[lo:hi, None] + window], mask)
 
     def validation_batches(self, batch_size: int) -> Iterator[Batch]:
@@ -267,9 +267,8 @@ class C4Source:
             num_epochs=None,
         )
         rows = _pack(dataset, self._seq_len, drop_remainder=True).batch(hi - lo)
-        mask = np.ones((hi - lo, self._seq_len), bool)
         for batch in rows.skip(start_step).as_numpy_iterator():
-            yield _to_batch(batch, mask)
+            yield _to_batch(batch, np.ones((hi - lo, self._seq_len), bool))
 
     def validation_batches(self, batch_size: int) -> Iterator[Batch]:
         lo, hi = data._process_slice(batch_size)

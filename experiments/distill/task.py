@@ -5,9 +5,11 @@ The target of a token is the teacher's distribution ``y = softmax(teacher logits
 ``k`` most likely tokens renormalised (passed to the fused head as ``(indices, values)``, never
 as a dense ``[N, V]`` array); the loss is the Fenchel–Young loss of the student's logits ``/ T``
 with ``D_f(y, q)`` included, so it is zero exactly when the student's operator output equals y.
-With ``q = "teacher"`` the reference measure is the target distribution itself (dense): then
-``D_f(y, q) = 0`` and the operator ``q ⊙ (f*)'(θ − τ)`` starts from the teacher, so the student's
-logits learn only a correction to it, and its operator needs the teacher at inference.
+With ``q = "teacher"`` the reference measure is the teacher's full distribution (dense), which
+is the target itself unless the target is cut to the top k (then ``D_f(y, q) = 0``). The
+operator ``q ⊙ (f*)'(θ − τ)`` then starts from the teacher: the student's logits learn only a
+correction to it (constant logits reproduce the teacher), so its operator needs the teacher at
+inference, and softmax of its logits alone is no language model.
 """
 
 from __future__ import annotations
@@ -37,19 +39,17 @@ def targets_and_q(
     teacher_logits_NxV: Array, q: str, *, top_k: int, temperature: float
 ) -> tuple[Array | tuple[Array, Array], str | Array]:
     """The fused head's ``labels`` (dense ``[N, V]``, or a top-k pair when ``top_k > 0``) and its
-    ``q`` (a name, or for ``"teacher"`` the dense target distribution)."""
+    ``q`` (a name, or for ``"teacher"`` the teacher's full softmax at the temperature, dense)."""
     if top_k:
         target = reference.top_k_distribution(teacher_logits_NxV, top_k, temperature=temperature)
     else:
         target = reference.token_distribution(teacher_logits_NxV, temperature=temperature)
     if q != "teacher":
         return target, q
-    dense = (
-        reference.token_distribution(teacher_logits_NxV, temperature=temperature, top_k=top_k)
-        if top_k
-        else target
-    )
-    return target, dense
+    # The teacher's full distribution even for top-k targets: a token outside the top k keeps
+    # some reference mass (a zero there would make the loss of that token infinite).
+    full = reference.token_distribution(teacher_logits_NxV, temperature=temperature)
+    return target, full if top_k else target
 
 
 def distillation_loss(

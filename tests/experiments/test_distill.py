@@ -93,3 +93,73 @@ def test_teacher_targets_softmax_and_top_k():
         reference.token_distribution(logits, top_k=V + 1)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         reference.token_distribution(logits, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def teacher_workdir(tmp_path_factory):
+    from lmutil import save_pretrained
+
+    return save_pretrained(tmp_path_factory.mktemp("teacher"), d_model=24, num_heads=2)
+
+
+@pytest.fixture
+def distill_config(tmp_path, teacher_workdir):
+    """The default distillation config on a tiny byte-vocabulary teacher: 3 steps, 2 batches."""
+    from experiments.distill.configs import tiny
+
+    c = tiny.get_config()
+    c.teacher.workdir = str(teacher_workdir)
+    c.workdir = str(tmp_path / "run")
+    c.results_csv = str(tmp_path / "results.csv")
+    c.model.d_model, c.model.mlp_dim, c.model.max_len = 8, 16, 32
+    c.data.seq_len = 32
+    c.train.batch_size = 4
+    c.train.steps = 3
+    c.train.log_every_steps = 1
+    c.train.checkpoint_every_steps = 3
+    c.optim.warmup_steps = 1
+    c.eval.batch_size = 4
+    c.eval.max_batches = 2
+    return c
+
+
+DISTILL_METRICS = [
+    "test_agreement",
+    "test_softmax_agreement",
+    "test_distill_loss",
+    *(f"test_{p}{m}" for p in ("", "softmax_") for m in ("loss", "accuracy", "eps_perplexity")),
+    "test_softmax_perplexity",
+]
+
+
+@pytest.mark.parametrize(("q", "top_k"), [("uniform", 0), ("teacher", 5)])
+def test_distill_run_writes_one_row(distill_config, q, top_k):
+    from experiments.common import results
+    from experiments.distill import main
+
+    distill_config.loss.q, distill_config.distill.top_k = q, top_k
+    row = main.run(distill_config)
+    rows = results.read_rows(distill_config.results_csv)
+    assert len(rows) == 1 and rows[0]["run_name"] == f"alpha1.5-{q}-seed0"
+    assert rows[0]["experiment"] == "distill" and rows[0]["top_k"] == str(top_k)
+    assert int(rows[0]["teacher_params"]) > int(rows[0]["student_params"])
+    for name in DISTILL_METRICS:
+        assert np.isfinite(float(rows[0][name])), name
+    assert 0 <= row["test_agreement"] <= 1 and row["test_distill_loss"] >= -1e-6
+
+
+def test_distill_errors_are_clear(distill_config, tmp_path):
+    from experiments.common import config as config_lib
+    from experiments.common import lm
+    from experiments.distill import main
+
+    distill_config.teacher.workdir = str(tmp_path / "no_teacher")
+    with pytest.raises(lm.ModelRestoreError, match="not the workdir of a pre-training run"):
+        main.run(distill_config)
+    distill_config.loss.q = "base"
+    with pytest.raises(config_lib.ConfigError, match="expected one of uniform, unit, teacher"):
+        main.run(distill_config)
+    distill_config.loss.q = "uniform"
+    distill_config.data.seq_len = 64
+    with pytest.raises(config_lib.ConfigError, match=r"exceeds model\.max_len 32"):
+        main.run(distill_config)

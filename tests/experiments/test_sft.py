@@ -156,3 +156,87 @@ def test_prompt_targets_change_neither_the_loss_nor_its_gradient(source, diverge
     answer = dict(batch)
     answer["targets"] = np.where(batch["mask"], (batch["targets"] + 1) % vocab_size, 0)
     assert value_and_grad(answer)[0] != loss
+
+
+@pytest.fixture(scope="module")
+def base_workdir(tmp_path_factory):
+    from lmutil import save_pretrained
+
+    return save_pretrained(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture
+def sft_config(tmp_path, base_workdir) -> ml_collections.ConfigDict:
+    """The default SFT config on a tiny byte-vocabulary base: 4 steps, 8 test problems."""
+    from experiments.sft.configs import arithmetic
+
+    c = arithmetic.get_config()
+    c.base.workdir = str(base_workdir)
+    c.workdir = str(tmp_path / "run")
+    c.results_csv = str(tmp_path / "results.csv")
+    c.data.train_size = 200
+    c.data.test_size = 8
+    c.data.seq_len = 72  # Byte vocabulary: 67 prompt tokens, up to 2 answer tokens, eos.
+    c.train.batch_size = 8
+    c.train.steps = 4
+    c.train.log_every_steps = 2
+    c.train.checkpoint_every_steps = 2
+    c.optim.warmup_steps = 1
+    c.eval.batch_size = 8
+    return c
+
+
+SFT_METRICS = [
+    *(f"test_{d}_accuracy" for d in ("greedy", "sampled", "softmax_greedy", "softmax_sampled")),
+    *(f"test_{p}{m}" for p in ("", "softmax_") for m in ("loss", "accuracy", "eps_perplexity")),
+    "test_support_size",
+    "test_softmax_perplexity",
+]
+
+
+def test_sft_run_resumes_to_the_same_result_and_writes_one_row(sft_config, tmp_path):
+    from experiments.common import results
+    from experiments.sft import main
+
+    sft_config.train.stop_after_steps = 2  # Killed after the first checkpoint.
+    assert main.run(sft_config) is None
+    sft_config.train.stop_after_steps = 0
+    resumed = main.run(sft_config)
+    rows = results.read_rows(sft_config.results_csv)
+    assert len(rows) == 1 and rows[0]["run_name"] == "alpha1.5-uniform-seed0"
+    assert rows[0]["experiment"] == "sft" and rows[0]["steps"] == "4"
+    assert rows[0]["base_workdir"] == sft_config.base.workdir
+    for name in SFT_METRICS:
+        value = float(rows[0][name])
+        assert np.isfinite(value), name
+        if "accuracy" in name:
+            assert 0 <= value <= 1, name
+
+    sft_config.workdir = str(tmp_path / "uninterrupted")
+    sft_config.results_csv = str(tmp_path / "uninterrupted.csv")
+    reference = main.run(sft_config)
+    for name in SFT_METRICS:
+        assert resumed[name] == reference[name], name
+
+
+def test_sft_with_the_base_model_as_reference_measure(sft_config):
+    from experiments.sft import main
+
+    sft_config.loss.divergence, sft_config.loss.q = "chi2", "base"
+    sft_config.train.steps = 2
+    row = main.run(sft_config)
+    assert row["reference_measure"] == "base" and row["run_name"] == "chi2-base-seed0"
+    assert all(np.isfinite(row[name]) for name in SFT_METRICS)
+
+
+def test_sft_errors_are_clear(sft_config, tmp_path):
+    from experiments.common import config as config_lib
+    from experiments.common import lm
+    from experiments.sft import main
+
+    sft_config.base.workdir = str(tmp_path / "no_base")
+    with pytest.raises(lm.ModelRestoreError, match="not the workdir of a pre-training run"):
+        main.run(sft_config)
+    sft_config.loss.q = "teacher"
+    with pytest.raises(config_lib.ConfigError, match="expected one of uniform, unit, base"):
+        main.run(sft_config)

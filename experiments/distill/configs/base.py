@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.divergence = "alpha:1.5"  # kl | reverse_kl | chi2 | hellinger | js | alpha:<value>
-    # Reference measure: uniform | unit | teacher (the target distribution itself, per token).
+    # Reference measure: uniform | unit | teacher (the teacher's full softmax, per token).
     c.loss.q = "uniform"
 
     c.optim = ml_collections.ConfigDict()  # experiments.common.optim

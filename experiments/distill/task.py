@@ -5,8 +5,8 @@ The target of a token is the teacher's distribution ``y = softmax(teacher logits
 ``k`` most likely tokens renormalised (passed to the fused head as ``(indices, values)``, never
 as a dense ``[N, V]`` array); the loss is the Fenchel–Young loss of the student's logits ``/ T``
 with ``D_f(y, q)`` included, so it is zero exactly when the student's operator output equals y.
-With ``q = "teacher"`` the reference measure is the teacher's full distribution (dense), which
-is the target itself unless the target is cut to the top k (then ``D_f(y, q) = 0``). The
+With ``q = "teacher"`` the reference measure is the teacher's full distribution (dense): the
+target itself (so ``D_f(y, q) = 0``) unless the target is cut to the top k. The
 operator ``q ⊙ (f*)'(θ − τ)`` then starts from the teacher: the student's logits learn only a
 correction to it (constant logits reproduce the teacher), so its operator needs the teacher at
 inference, and softmax of its logits alone is no language model.

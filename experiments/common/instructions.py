@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -53,15 +54,18 @@ def in_test_split(question: str, test_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
 
 
-def generate(task: str, seed: int, size: int, task_kwargs: dict[str, Any]) -> list[Problem]:
-    """``size`` items of the reasoning-gym task ``task`` drawn from ``seed`` (repeats possible)."""
+def generate(task: str, seed: int, size: int, task_kwargs: dict[str, Any]) -> Iterator[Problem]:
+    """Up to ``size`` items of the reasoning-gym task ``task`` drawn from ``seed`` (repeats
+    possible), generated lazily: a caller that needs fewer stops early."""
     import reasoning_gym  # Imported here: only SFT and its tests need it.
 
     try:
         dataset = reasoning_gym.create_dataset(task, size=size, seed=seed, **task_kwargs)
     except (ValueError, TypeError, AssertionError) as e:
         raise ValueError(f"reasoning-gym task {task!r} with {task_kwargs}: {e}") from e
-    return [Problem(str(item["question"]), str(item["answer"])) for item in dataset]
+    for i in range(size):
+        item = dataset[i]
+        yield Problem(str(item["question"]), str(item["answer"]))
 
 
 def split_problems(cfg: ml_collections.ConfigDict) -> tuple[list[Problem], list[Problem]]:
@@ -72,12 +76,14 @@ def split_problems(cfg: ml_collections.ConfigDict) -> tuple[list[Problem], list[
     task has too few distinct questions on either side.
     """
     kwargs = dict(cfg.task_kwargs)
-    # Draw 20× what is needed: the split keeps only a fraction of each seed's items.
-    train = [
-        p
-        for p in generate(cfg.task, cfg.train_seed, 20 * cfg.train_size, kwargs)
-        if not in_test_split(p.question, cfg.test_fraction)
-    ][: cfg.train_size]
+    # At most 20× as many draws as needed: the split keeps only a share of each seed's items.
+    train_items = generate(cfg.task, cfg.train_seed, 20 * cfg.train_size, kwargs)
+    train = list(
+        itertools.islice(
+            (p for p in train_items if not in_test_split(p.question, cfg.test_fraction)),
+            cfg.train_size,
+        )
+    )
     seen: set[str] = set()
     test = []
     for p in generate(cfg.task, cfg.test_seed, 20 * cfg.test_size, kwargs):

@@ -1,7 +1,10 @@
 """Data parallelism with ``jax.sharding``: one mesh axis, ``data``, over every device.
 
-Parameters and optimiser state are replicated; batches are split along their first axis. The
-same script therefore runs on one CPU, on 8 forced host devices
+Parameters and optimiser state are replicated; batches are split along their first axis. With
+the FSDP option (:func:`state_sharding` with ``fsdp=True``) large parameters and their optimiser
+state are instead split over the same ``data`` axis (each device holds a slice; XLA gathers them
+for the forward and backward passes and reduce-scatters the gradients), for models whose state
+does not fit on one device. The same script therefore runs on one CPU, on 8 forced host devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8``), on 8 GPUs or on a TPU slice; for
 several hosts set ``config.distributed = True`` so that ``jax.distributed.initialize()`` runs first.
 """
@@ -36,6 +39,27 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places every leaf of ``tree`` on all devices of ``mesh``."""
     return jax.device_put(tree, replicated(mesh))
+
+
+def state_sharding(tree: Any, mesh: Mesh, *, fsdp: bool = False, min_size: int = 2**18) -> Any:
+    """The sharding of each leaf of a train state: replicated, or with ``fsdp`` the arrays of at
+    least ``min_size`` elements split along their largest axis that the ``data`` axis divides
+    (replicated when no axis does). Works on arrays and on ``jax.ShapeDtypeStruct`` leaves."""
+    n = mesh.shape[DATA_AXIS]
+
+    def leaf_sharding(x: Any) -> NamedSharding:
+        shape = getattr(x, "shape", ())
+        if not fsdp or n == 1 or np.prod(shape, dtype=np.int64) < min_size:
+            return replicated(mesh)
+        divisible = [i for i, size in enumerate(shape) if size % n == 0]
+        if not divisible:
+            return replicated(mesh)
+        axis = max(divisible, key=lambda i: shape[i])
+        spec = [None] * len(shape)
+        spec[axis] = DATA_AXIS
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    return jax.tree.map(leaf_sharding, tree)
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

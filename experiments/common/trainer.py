@@ -52,9 +52,17 @@ def create_state(
 
 
 def make_train_step(
-    loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh,
+    state_sharding: Any = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """One jit'd optimiser step; the state stays replicated, batches are sharded by the caller."""
+    """One jit'd optimiser step; batches are sharded by the caller.
+
+    The new state keeps ``state_sharding`` (a sharding or a tree of them, e.g.
+    ``sharding.state_sharding(state, mesh, fsdp=True)``); by default it is replicated.
+    """
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         # A fresh key per step, from the seed and the step: identical after a resume.
@@ -77,7 +85,8 @@ def make_train_step(
         return new_state, metrics
 
     repl = sharding.replicated(mesh)
-    return jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
+    state_out = repl if state_sharding is None else state_sharding
+    return jax.jit(step, donate_argnums=0, out_shardings=(state_out, repl))
 
 
 class NonFiniteLossError(RuntimeError):

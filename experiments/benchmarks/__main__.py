@@ -1,4 +1,4 @@
-"""Entry point: ``python -m experiments.benchmarks {losses,lm_head,roots} [--quick]``."""
+"""Entry point: ``python -m experiments.benchmarks {losses,lm_head,roots,train_step} [--quick]``."""
 
 from experiments.benchmarks import main
 

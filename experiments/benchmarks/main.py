@@ -3,6 +3,7 @@
     python -m experiments.benchmarks losses     # ~1 h on 2 CPU cores
     python -m experiments.benchmarks lm_head    # ~10 min
     python -m experiments.benchmarks roots      # ~15 min
+    python -m experiments.benchmarks train_step # a few min (LM train step, alpha:1.5 vs kl)
     python -m experiments.benchmarks losses --sizes 4096:32768  # one size of the grid
     python -m experiments.benchmarks losses --quick --out /tmp/bench   # a smoke test, seconds
 
@@ -16,9 +17,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.benchmarks import harness, lm_head, losses, roots
+from experiments.benchmarks import harness, lm_head, losses, roots, train_step
 
-BENCHMARKS = {"losses": losses.run, "lm_head": lm_head.run, "roots": roots.run}
+BENCHMARKS = {
+    "losses": losses.run,
+    "lm_head": lm_head.run,
+    "roots": roots.run,
+    "train_step": train_step.run,
+}
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:

@@ -244,3 +244,20 @@ def test_fsdp_on_four_devices_matches_one_device(config, tmp_path):
     (row,) = results.read_rows(overrides["results_csv"])
     assert row["hardware"].startswith("4x cpu")
     np.testing.assert_allclose(float(row["val_loss"]), reference["val_loss"], rtol=1e-5)
+
+
+def test_train_step_benchmark_quick_run_writes_its_table(tmp_path):
+    from experiments.benchmarks import main as benchmarks
+
+    path = benchmarks.main(["train_step", "--quick", "--out", str(tmp_path)])
+    rows = results.read_rows(path)
+    assert [(r["divergence"], r["reference_measure"]) for r in rows] == [
+        ("kl", "uniform"),
+        ("alpha:1.5", "uniform"),
+    ]
+    assert float(rows[0]["ratio_to_kl"]) == 1.0
+    for row in rows:
+        assert row["benchmark"] == "train_step" and row["mode"] == "quick" and row["git_commit"]
+        assert float(row["tokens_per_s"]) > 0
+        expected = int(row["batch"]) * int(row["seq_len"]) / float(row["median_s"])
+        assert float(row["tokens_per_s"]) == pytest.approx(expected)

@@ -10,8 +10,6 @@ large vocabularies it can be cut to the ``k`` most likely tokens and renormalise
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -19,11 +17,14 @@ from flax import nnx
 Array = jax.Array
 
 
-def frozen(model: nnx.Module) -> Callable[[Array], Array]:
-    """``inputs → logits`` of a frozen model, safe to call inside ``jit``: its parameters are
-    constants of the traced function, not module state that tracing could touch."""
-    graphdef, state = nnx.split(model)
-    return lambda inputs: nnx.merge(graphdef, state)(inputs)
+def frozen_logits(graphdef: nnx.GraphDef, state: nnx.State, inputs_BxL: Array) -> Array:
+    """Logits of a frozen model split into ``(graphdef, state)``, without gradient.
+
+    The experiments keep a frozen model's state in the train state's ``model_state``, so that it
+    is an argument of the jit'd step: a model closed over by a jit'd function would be compiled
+    into it as constants (gigabytes for a real teacher).
+    """
+    return jax.lax.stop_gradient(nnx.merge(graphdef, state)(inputs_BxL))
 
 
 def _check(temperature: float, top_k: int, vocab_size: int) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import ml_collections
 from flax import nnx
-from ml_collections import config_flags
 
 import fdiv
 from experiments.common import config as config_lib
@@ -30,12 +29,7 @@ from experiments.common.progress import log
 from experiments.distill import task
 
 EXPERIMENT = "distill"
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    str(Path(__file__).parent / "configs" / "tiny.py"),
-    "Config file; override keys with --config.<key>=<value>.",
-    lock_config=True,
-)
+DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "tiny.py")
 # Keys that may change between a run and its resumption: they do not change the trajectory.
 RESUMABLE_CHANGES = (
     "distributed",
@@ -127,7 +121,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         transformer.num_params(teacher),
         transformer.num_params(student),
     )
-    graphdef, params, model_state = nnx.split(student, nnx.Param, ...)
+    graphdef, params, rest = nnx.split(student, nnx.Param, ...)
+    teacher_graphdef = nnx.graphdef(teacher)
+    model_state = task.initial_model_state(rest, teacher)
     tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
     state = trainer.create_state(params, model_state, tx, jax.random.key(config.seed))
     state = sharding.replicate(state, mesh)
@@ -138,10 +134,12 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
             batches = itertools.islice(batches, config.eval.max_batches)
         return (sharding.shard_batch(b, mesh) for b in batches)
 
-    evaluate = task.make_evaluate(graphdef, config, teacher, validation_batches)
+    evaluate = task.make_evaluate(graphdef, config, teacher_graphdef, validation_batches)
+    loss_fn = task.make_loss_fn(graphdef, config, teacher_graphdef)
+    train_step = trainer.make_train_step(loss_fn, tx, schedule, mesh)
     result, writer = trainer.resume_and_train(
         state,
-        trainer.make_train_step(task.make_loss_fn(graphdef, config, teacher), tx, schedule, mesh),
+        train_step,
         lambda start: source.train_batches(config.train.batch_size, config.seed, start),
         workdir=workdir,
         mesh=mesh,
@@ -187,12 +185,13 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     return row
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], config: ml_collections.ConfigDict) -> None:
+    """The command line: runs ``config`` and turns the expected errors into a message."""
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     progress.setup_logging()
     try:
-        run(_CONFIG.value)
+        run(config)
     except (
         config_lib.ConfigError,
         lm.ModelRestoreError,

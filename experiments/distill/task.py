@@ -15,6 +15,7 @@ inference, and softmax of its logits alone is no language model.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,6 @@ from flax import nnx
 
 import fdiv
 from experiments.common import lm_eval, reference, trainer
-from experiments.common.reference import frozen
 
 Array = jax.Array
 REFERENCE_MEASURES = ("uniform", "unit", "teacher")
@@ -79,25 +79,34 @@ def distillation_loss(
     )
 
 
-def _flat_teacher_logits(teacher: Callable[[Array], Array], inputs_BxL: Array) -> Array:
-    logits = teacher(inputs_BxL)
-    return jax.lax.stop_gradient(logits.reshape(-1, logits.shape[-1]))
+def initial_model_state(rest: nnx.State, teacher: nnx.Module) -> dict[str, Any]:
+    """The train state's ``model_state``: the student's non-parameter state and the frozen
+    teacher's whole state (an argument of the jit'd step, not a compiled constant; it is saved
+    with the checkpoints)."""
+    return {"model": rest, "teacher": nnx.split(teacher)[1]}
+
+
+def _flat_teacher_logits(
+    teacher_graphdef: nnx.GraphDef, model_state: dict[str, Any], inputs_BxL: Array
+) -> Array:
+    logits = reference.frozen_logits(teacher_graphdef, model_state["teacher"], inputs_BxL)
+    return logits.reshape(-1, logits.shape[-1])
 
 
 def make_loss_fn(
-    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, teacher: nnx.Module
+    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, teacher_graphdef: nnx.GraphDef
 ) -> trainer.LossFn:
-    """The training loss (see ``trainer.LossFn``); the teacher is frozen (a constant)."""
+    """The training loss (see ``trainer.LossFn``); ``model_state`` as made by
+    :func:`initial_model_state` (the teacher in it stays frozen)."""
     d = config.distill
-    teacher_fn = frozen(teacher)
 
     def loss_fn(params, model_state, batch, rng):
-        student = nnx.merge(graphdef, params, model_state)
+        student = nnx.merge(graphdef, params, model_state["model"])
         hidden = student.hidden(batch["inputs"])
         loss = distillation_loss(
             hidden.reshape(-1, hidden.shape[-1]),
             student.output_weight(),
-            _flat_teacher_logits(teacher_fn, batch["inputs"]),
+            _flat_teacher_logits(teacher_graphdef, model_state, batch["inputs"]),
             batch["mask"].reshape(-1),
             config.loss.divergence,
             config.loss.q,
@@ -127,28 +136,29 @@ def combine_lm_metrics(parts: Iterable[tuple[dict[str, float], int]]) -> dict[st
 def make_evaluate(
     graphdef: nnx.GraphDef,
     config: ml_collections.ConfigDict,
-    teacher: nnx.Module,
+    teacher_graphdef: nnx.GraphDef,
     batches: Callable[[], Iterable[dict[str, np.ndarray]]],
 ) -> Callable[[trainer.TrainState], dict[str, float]]:
     """Evaluation on held-out text: ``agreement`` (top-1 of the student's operator = the
     teacher's top-1) and ``softmax_agreement`` (of its logits), ``distill_loss`` (the training
     loss), and the LM metrics of ``lm_eval.evaluate_lm`` against the text's next tokens."""
     d, divergence, q_name = config.distill, config.loss.divergence, config.loss.q
-    teacher_fn = frozen(teacher)
 
     @jax.jit
     def student_logits(params, model_state, inputs):
-        return nnx.merge(graphdef, params, model_state)(inputs)
+        return nnx.merge(graphdef, params, model_state["model"])(inputs)
 
     @jax.jit
-    def teacher_logits(inputs):
-        return teacher_fn(inputs)
+    def teacher_q(model_state, inputs):
+        flat = _flat_teacher_logits(teacher_graphdef, model_state, inputs)
+        _, q = targets_and_q(flat, q_name, top_k=d.top_k, temperature=d.temperature)
+        return q.reshape(*inputs.shape, -1)
 
     @jax.jit
     def sums(params, model_state, batch):
-        student = nnx.merge(graphdef, params, model_state)
+        student = nnx.merge(graphdef, params, model_state["model"])
         hidden = student.hidden(batch["inputs"])
-        flat_teacher = _flat_teacher_logits(teacher_fn, batch["inputs"])
+        flat_teacher = _flat_teacher_logits(teacher_graphdef, model_state, batch["inputs"])
         mask = batch["mask"].reshape(-1)
         loss = distillation_loss(
             hidden.reshape(-1, hidden.shape[-1]),
@@ -184,24 +194,11 @@ def make_evaluate(
             batch_sums = jax.device_get(sums(params, model_state, batch))
             for k, v in batch_sums.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
-            if q_name == "teacher":
-                flat = teacher_logits(batch["inputs"])
-                _, q_arr = targets_and_q(
-                    flat.reshape(-1, flat.shape[-1]),
-                    q_name,
-                    top_k=d.top_k,
-                    temperature=d.temperature,
-                )
-                q_arg = q_arr.reshape(flat.shape)
-            else:
-                q_arg = q_name
             if batch_sums["tokens"]:
-                lm_parts.append(
-                    (
-                        lm_eval.evaluate_lm(logits_fn, [batch], divergence, q_arg),
-                        int(batch_sums["tokens"]),
-                    )
-                )
+                # One evaluate_lm call per batch: with q = teacher its measure is the batch's.
+                q = teacher_q(model_state, batch["inputs"]) if q_name == "teacher" else q_name
+                part = lm_eval.evaluate_lm(logits_fn, [batch], divergence, q)
+                lm_parts.append((part, int(batch_sums["tokens"])))
         tokens = max(totals.pop("tokens"), 1.0)
         return {
             **{k: v / tokens for k, v in totals.items()},

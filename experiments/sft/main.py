@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
-from ml_collections import config_flags
 
 import fdiv
 from experiments.common import config as config_lib
@@ -30,12 +29,7 @@ from experiments.common.progress import log
 from experiments.sft import task
 
 EXPERIMENT = "sft"
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    str(Path(__file__).parent / "configs" / "arithmetic.py"),
-    "Config file; override keys with --config.<key>=<value>.",
-    lock_config=True,
-)
+DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "arithmetic.py")
 # Keys that may change between a run and its resumption: they do not change the trajectory.
 RESUMABLE_CHANGES = (
     "distributed",
@@ -119,19 +113,24 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         len(source.test_problems),
     )
     mesh = sharding.make_mesh()
-    # The model to fine-tune is a copy of the base; the base itself stays frozen (q = base).
-    graphdef, params, model_state = nnx.split(base, nnx.Param, ...)
+    # The model to fine-tune is a copy of the base; for q = base the base itself stays frozen
+    # in the train state's model_state.
+    graphdef, params, rest = nnx.split(base, nnx.Param, ...)
     # A copy: the train step donates (frees) the state's buffers, which the base still uses.
     params = jax.tree.map(jnp.copy, params)
     frozen = base if config.loss.q == "base" else None
+    base_graphdef = nnx.graphdef(base) if frozen is not None else None
+    model_state = task.initial_model_state(rest, frozen)
     tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
     state = trainer.create_state(params, model_state, tx, jax.random.key(config.seed))
     state = sharding.replicate(state, mesh)
-    evaluate = task.make_evaluate(graphdef, config, frozen, source)
+    evaluate = task.make_evaluate(graphdef, config, base_graphdef, source)
 
+    loss_fn = task.make_loss_fn(graphdef, config, base_graphdef)
+    train_step = trainer.make_train_step(loss_fn, tx, schedule, mesh)
     result, writer = trainer.resume_and_train(
         state,
-        trainer.make_train_step(task.make_loss_fn(graphdef, config, frozen), tx, schedule, mesh),
+        train_step,
         lambda start: source.train_batches(config.train.batch_size, config.seed, start),
         workdir=workdir,
         mesh=mesh,
@@ -174,12 +173,13 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     return row
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], config: ml_collections.ConfigDict) -> None:
+    """The command line: runs ``config`` and turns the expected errors into a message."""
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     progress.setup_logging()
     try:
-        run(_CONFIG.value)
+        run(config)
     except (
         config_lib.ConfigError,
         lm.ModelRestoreError,

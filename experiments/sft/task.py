@@ -4,6 +4,7 @@ tokens only, and the evaluation (exact-match answers and LM metrics on the held-
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,6 @@ from flax import nnx
 import fdiv
 from experiments.common import generate as generate_lib
 from experiments.common import instructions, lm_eval, reference, trainer
-from experiments.common.reference import frozen
 
 Array = jax.Array
 REFERENCE_MEASURES = ("uniform", "unit", "base")
@@ -32,22 +32,24 @@ def default_run_name(divergence: str, q: str, seed: int) -> str:
     return f"{divergence.replace(':', '')}-{q}-seed{seed}"
 
 
-def make_reference(base: nnx.Module | None, q: str) -> Callable[[Array], str | Array]:
-    """``inputs [B, L]`` → the ``q`` argument of the fdiv functions for ``config.loss.q``:
-    the name for ``uniform``/``unit``, else the frozen base model's softmax ``[B, L, V]``."""
-    if q != "base":
-        return lambda inputs: q
+def initial_model_state(rest: nnx.State, base: nnx.Module | None) -> dict[str, Any]:
+    """The train state's ``model_state``: the fine-tuned model's non-parameter state and, for
+    ``q = "base"``, the frozen base model's whole state (an argument of the jit'd step, not a
+    compiled constant; it is saved with the checkpoints)."""
     if base is None:
-        raise ValueError("q = 'base' needs the base model")
-    base_fn = frozen(base)
+        return {"model": rest}
+    return {"model": rest, "base": nnx.split(base)[1]}
 
-    def q_of(inputs):
-        logits = base_fn(inputs)
-        return reference.token_distribution(logits.reshape(-1, logits.shape[-1])).reshape(
-            logits.shape
-        )
 
-    return q_of
+def reference_measure(
+    base_graphdef: nnx.GraphDef | None, model_state: dict[str, Any], q: str, inputs_BxL: Array
+) -> str | Array:
+    """The ``q`` argument of the fdiv functions for ``config.loss.q``: the name for
+    ``uniform``/``unit``, else the frozen base model's softmax ``[B, L, V]``."""
+    if q != "base":
+        return q
+    logits = reference.frozen_logits(base_graphdef, model_state["base"], inputs_BxL)
+    return reference.token_distribution(logits.reshape(-1, logits.shape[-1])).reshape(logits.shape)
 
 
 def response_loss(
@@ -71,53 +73,53 @@ def response_loss(
 
 
 def make_loss_fn(
-    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, base: nnx.Module | None
+    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, base_graphdef: nnx.GraphDef | None
 ) -> trainer.LossFn:
-    """The training loss (see ``trainer.LossFn``); the base model is frozen (a constant)."""
-    q_of = make_reference(base, config.loss.q)
+    """The training loss (see ``trainer.LossFn``); ``model_state`` as made by
+    :func:`initial_model_state` (the base model in it stays frozen)."""
 
     def loss_fn(params, model_state, batch, rng):
-        model = nnx.merge(graphdef, params, model_state)
-        loss = response_loss(model, batch, config.loss.divergence, q_of(batch["inputs"]))
+        model = nnx.merge(graphdef, params, model_state["model"])
+        q = reference_measure(base_graphdef, model_state, config.loss.q, batch["inputs"])
+        loss = response_loss(model, batch, config.loss.divergence, q)
         return loss, (model_state, {})
 
     return loss_fn
 
 
-def operator_logits_fn(
-    logits_fn: Callable[[Array], Array], divergence: str, q_of: Callable[[Array], str | Array]
-) -> Callable[[Array], Array]:
-    """``inputs → log p`` with ``p`` the model's operator (the f-softargmax with its q; −inf
-    where p is 0): softmax of it is ``p`` exactly, so plain-softmax generation decodes with the
-    operator. Used for a per-token q (the base model's), which ``generate`` cannot take."""
-
-    def fn(inputs):
-        p = fdiv.f_softargmax(logits_fn(inputs), divergence, q=q_of(inputs))
-        return jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -jnp.inf)
-
-    return fn
-
-
 def make_evaluate(
     graphdef: nnx.GraphDef,
     config: ml_collections.ConfigDict,
-    base: nnx.Module | None,
+    base_graphdef: nnx.GraphDef | None,
     source: instructions.InstructionSource,
 ) -> Callable[[trainer.TrainState], dict[str, float]]:
     """Evaluation on the test problems: the LM metrics of ``lm_eval.evaluate_lm`` on the
     held-out responses (operator and ``softmax_`` keys), and the exact-match accuracy of the
     answers decoded greedily and by sampling, with the operator and with softmax
     (``greedy_accuracy``, ``sampled_accuracy``, ``softmax_greedy_accuracy``,
-    ``softmax_sampled_accuracy``)."""
+    ``softmax_sampled_accuracy``).
+
+    For ``q = "base"`` the reference measure depends on the tokens, which ``generate`` cannot
+    take: the operator's answers are decoded as softmax of ``log p`` (−inf where ``p = 0``),
+    which is ``p`` exactly."""
     divergence, q_name = config.loss.divergence, config.loss.q
-    q_of = make_reference(base, q_name)
     max_new = config.eval.max_new_tokens or 1 + max(
         len(source.vocab.encode(p.answer)) for p in source.test_problems
     )
 
     @jax.jit
     def logits(params, model_state, inputs):
-        return nnx.merge(graphdef, params, model_state)(inputs)
+        return nnx.merge(graphdef, params, model_state["model"])(inputs)
+
+    @jax.jit
+    def base_q(model_state, inputs):
+        return reference_measure(base_graphdef, model_state, q_name, inputs)
+
+    @jax.jit
+    def operator_log_probs(params, model_state, inputs):
+        q = reference_measure(base_graphdef, model_state, q_name, inputs)
+        p = fdiv.f_softargmax(logits(params, model_state, inputs), divergence, q=q)
+        return jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -jnp.inf)
 
     def evaluate(state: trainer.TrainState) -> dict[str, float]:
         params, model_state = state.params, state.model_state
@@ -129,24 +131,25 @@ def make_evaluate(
             # The whole test split is one batch so that its per-token q is one array.
             batch = next(source.validation_batches(len(source.test_problems)))
             metrics = lm_eval.evaluate_lm(
-                logits_fn, [batch], divergence, q_of(jnp.asarray(batch["inputs"]))
+                logits_fn, [batch], divergence, base_q(model_state, batch["inputs"])
             )
-            op_fn, op_div, op_q = operator_logits_fn(logits_fn, divergence, q_of), None, None
+            operator = (lambda x: operator_log_probs(params, model_state, x), None, None)
         else:
             metrics = lm_eval.evaluate_lm(
                 logits_fn, source.validation_batches(config.eval.batch_size), divergence, q_name
             )
-            op_fn, op_div, op_q = logits_fn, divergence, q_name
+            operator = (logits_fn, divergence, q_name)
         rng = jax.random.key(config.eval.sample_seed)
         for name, use_operator, greedy in DECODINGS:
+            fn, operator_divergence, q = operator if use_operator else (logits_fn, None, None)
             correct = 0
             for i, (indices, prompts) in enumerate(source.prompt_groups(config.eval.batch_size)):
                 generated = generate_lib.generate(
-                    op_fn if use_operator else logits_fn,
+                    fn,
                     prompts,
                     max_new,
-                    divergence=op_div if use_operator else None,
-                    q=op_q if use_operator else None,
+                    divergence=operator_divergence,
+                    q=q,
                     greedy=greedy,
                     rng=jax.random.fold_in(rng, i),
                     eos_id=source.vocab.eos_id,

@@ -51,13 +51,14 @@ def test_loss_and_gradient_vanish_when_the_student_operator_equals_the_target(
         )
 
     value, (d_hidden, d_weight) = jax.value_and_grad(loss, argnums=(0, 1))(hidden, weight)
+    # float32 round-off: p* − y is ~1e-6 per entry, summed over tokens into the weight's gradient.
     assert abs(float(value)) < 1e-5
-    assert float(jnp.abs(d_hidden).max()) < 1e-5 and float(jnp.abs(d_weight).max()) < 1e-5
+    assert float(jnp.abs(d_hidden).max()) < 1e-4 and float(jnp.abs(d_weight).max()) < 1e-4
     # Elsewhere the loss is positive and the gradient is not zero: the test can fail.
     other, _ = _student(seed=1)
     value = loss(other, weight)
     assert float(value) > 1e-3
-    assert float(jnp.abs(jax.grad(loss)(other, weight)).max()) > 1e-4
+    assert float(jnp.abs(jax.grad(loss)(other, weight)).max()) > 1e-2
 
 
 @pytest.mark.parametrize("divergence", ["kl", "alpha:1.5", "hellinger"])
@@ -72,7 +73,7 @@ def test_teacher_as_reference_measure_is_zero_at_constant_student_logits(diverge
 
     zero = jnp.zeros((N, D))
     assert abs(float(loss(zero))) < 1e-5
-    assert float(jnp.abs(jax.grad(loss)(zero)).max()) < 1e-5
+    assert float(jnp.abs(jax.grad(loss)(zero)).max()) < 1e-4
     assert float(loss(_student(seed=2)[0])) > 1e-3
 
 

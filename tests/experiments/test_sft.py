@@ -134,7 +134,9 @@ def test_prompt_targets_change_neither_the_loss_nor_its_gradient(source, diverge
     base = transformer.Transformer(_tiny_model_cfg(), vocab_size, rngs=nnx.Rngs(1))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     config = ml_collections.ConfigDict({"loss": {"divergence": divergence, "q": q}})
-    loss_fn = task.make_loss_fn(graphdef, config, base if q == "base" else None)
+    frozen = base if q == "base" else None
+    rest = task.initial_model_state(rest, frozen)
+    loss_fn = task.make_loss_fn(graphdef, config, frozen and nnx.graphdef(frozen))
 
     def value_and_grad(batch):
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -240,3 +242,28 @@ def test_sft_errors_are_clear(sft_config, tmp_path):
     sft_config.loss.q = "teacher"
     with pytest.raises(config_lib.ConfigError, match="expected one of uniform, unit, base"):
         main.run(sft_config)
+
+
+def test_command_line_reports_a_missing_base_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from exputil import REPO, subprocess_env
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sft",
+            f"--config.base.workdir={tmp_path / 'no_base'}",
+            f"--config.workdir={tmp_path / 'run'}",
+        ],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "error: " in proc.stderr and "not the workdir of a pre-training run" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -121,16 +121,25 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     config_lib.record(workdir, config)
     q = task.reference_measure(config.loss.q, source)
     mesh = sharding.make_mesh()
-    model = transformer.Transformer(config.model, source.vocab_size, rngs=nnx.Rngs(config.seed))
-    num_params = transformer.num_params(model)
-    log.info("model: %.2fM parameters, vocabulary %d", num_params / 1e6, source.vocab_size)
-    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
-    state = trainer.create_state(params, model_state, tx, jax.random.key(config.seed))
+
+    def split_model():
+        model = transformer.Transformer(config.model, source.vocab_size, rngs=nnx.Rngs(config.seed))
+        return nnx.split(model, nnx.Param, ...)
+
+    def init_state() -> trainer.TrainState:
+        _, params, model_state = split_model()
+        return trainer.create_state(params, model_state, tx, jax.random.key(config.seed))
+
+    # The state is created in place, already sharded: a large model never sits whole on one device.
+    graphdef = nnx.eval_shape(split_model)[0]
+    abstract = jax.eval_shape(init_state)
+    num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+    log.info("model: %.2fM parameters, vocabulary %d", num_params / 1e6, source.vocab_size)
     state_sharding = sharding.state_sharding(
-        state, mesh, fsdp=config.sharding.fsdp, min_size=config.sharding.fsdp_min_size
+        abstract, mesh, fsdp=config.sharding.fsdp, min_size=config.sharding.fsdp_min_size
     )
-    state = jax.device_put(state, state_sharding)
+    state = jax.jit(init_state, out_shardings=state_sharding)()
     bind_logits = task.make_logits_fn(graphdef, mesh)
     evaluate = task.make_evaluate(bind_logits, config, q, source)
     if _fresh_start(workdir, config.train.keep_checkpoints):

@@ -120,7 +120,9 @@ class InstructionSource:
         self.vocab = vocab
         self.seq_len = cfg.seq_len
         self.train_problems, self.test_problems = split_problems(cfg)
-        self.test_prompts = [self.encode_prompt(p.question) for p in self.test_problems]
+        # Distinct training problems, as many as test problems: how well the answers were fitted.
+        seen = {p.question: p for p in self.train_problems}
+        self.seen_problems = list(seen.values())[: len(self.test_problems)]
         self._train = self._encode_all(self.train_problems)
         self._test = self._encode_all(self.test_problems)
 
@@ -188,14 +190,19 @@ class InstructionSource:
             ids = ids[: ids.index(self.vocab.eos_id)]
         return self.vocab.decode(ids)
 
-    def prompt_groups(self, max_batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(problem indices [B], prompt ids [B, P])`` over all test problems, prompts of one
-        length together (no padding inside a prompt), at most ``max_batch`` per group."""
+    def prompt_groups(
+        self, max_batch: int, problems: Sequence[Problem] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(problem indices [B], prompt ids [B, P])`` over ``problems`` (default: the test
+        problems), prompts of one length together (no padding inside a prompt), at most
+        ``max_batch`` per group."""
+        problems = self.test_problems if problems is None else problems
+        prompts = [self.encode_prompt(p.question) for p in problems]
         by_length: dict[int, list[int]] = {}
-        for i, prompt in enumerate(self.test_prompts):
+        for i, prompt in enumerate(prompts):
             by_length.setdefault(len(prompt), []).append(i)
         for length in sorted(by_length):
             indices = by_length[length]
             for start in range(0, len(indices), max_batch):
                 chunk = np.asarray(indices[start : start + max_batch])
-                yield chunk, np.asarray([self.test_prompts[i] for i in chunk], np.int32)
+                yield chunk, np.asarray([prompts[i] for i in chunk], np.int32)

@@ -18,12 +18,15 @@ from experiments.common import instructions, lm_eval, reference, trainer
 
 Array = jax.Array
 REFERENCE_MEASURES = ("uniform", "unit", "base")
-# Answer decoding: (metric prefix, operator of the fine-tuned model or plain softmax, greedy?).
+# Answer decoding: (metric prefix, problems, operator of the fine-tuned model or plain
+# softmax, greedy?). "seen" problems are distinct training problems: how well SFT fitted them.
 DECODINGS = (
-    ("greedy", True, True),
-    ("sampled", True, False),
-    ("softmax_greedy", False, True),
-    ("softmax_sampled", False, False),
+    ("greedy", "test", True, True),
+    ("sampled", "test", True, False),
+    ("softmax_greedy", "test", False, True),
+    ("softmax_sampled", "test", False, False),
+    ("seen_greedy", "seen", True, True),
+    ("seen_softmax_greedy", "seen", False, True),
 )
 
 
@@ -97,7 +100,9 @@ def make_evaluate(
     held-out responses (operator and ``softmax_`` keys), and the exact-match accuracy of the
     answers decoded greedily and by sampling, with the operator and with softmax
     (``greedy_accuracy``, ``sampled_accuracy``, ``softmax_greedy_accuracy``,
-    ``softmax_sampled_accuracy``).
+    ``softmax_sampled_accuracy``), and of the greedy answers to as many distinct training
+    problems (``seen_greedy_accuracy``, ``seen_softmax_greedy_accuracy``: the fit, not
+    generalisation).
 
     For ``q = "base"`` the reference measure depends on the tokens, which ``generate`` cannot
     take: the operator's answers are decoded as softmax of ``log p`` (−inf where ``p = 0``),
@@ -140,10 +145,12 @@ def make_evaluate(
             )
             operator = (logits_fn, divergence, q_name)
         rng = jax.random.key(config.eval.sample_seed)
-        for name, use_operator, greedy in DECODINGS:
+        for name, split, use_operator, greedy in DECODINGS:
             fn, operator_divergence, q = operator if use_operator else (logits_fn, None, None)
+            problems = source.test_problems if split == "test" else source.seen_problems
             correct = 0
-            for i, (indices, prompts) in enumerate(source.prompt_groups(config.eval.batch_size)):
+            groups = source.prompt_groups(config.eval.batch_size, problems)
+            for i, (indices, prompts) in enumerate(groups):
                 generated = generate_lib.generate(
                     fn,
                     prompts,
@@ -157,8 +164,8 @@ def make_evaluate(
                 new_tokens = np.asarray(generated)[:, prompts.shape[1] :]
                 for j, row in zip(indices, new_tokens, strict=True):
                     answer = source.decode_answer(row.tolist())
-                    correct += instructions.answer_matches(answer, source.test_problems[j].answer)
-            metrics[f"{name}_accuracy"] = correct / len(source.test_problems)
+                    correct += instructions.answer_matches(answer, problems[j].answer)
+            metrics[f"{name}_accuracy"] = correct / len(problems)
         return metrics
 
     return evaluate

@@ -84,6 +84,12 @@ def test_validation_batches_cover_every_test_problem_once(source):
     for i, prompts in groups:
         for j, row in zip(i, prompts, strict=True):
             assert source.vocab.decode(row.tolist()) == source.test_problems[j].question
+    # The seen problems: distinct training problems, as many as test problems.
+    seen = [p.question for p in source.seen_problems]
+    assert len(seen) == len(set(seen)) == 40
+    assert set(seen) <= {p.question for p in source.train_problems}
+    groups = list(source.prompt_groups(max_batch=64, problems=source.seen_problems))
+    assert sorted(np.concatenate([i for i, _ in groups]).tolist()) == list(range(40))
 
 
 def test_answer_checking_is_exact_match(source):
@@ -188,8 +194,9 @@ def sft_config(tmp_path, base_workdir) -> ml_collections.ConfigDict:
     return c
 
 
+DECODED = ("greedy", "sampled", "softmax_greedy", "softmax_sampled", "seen_greedy")
 SFT_METRICS = [
-    *(f"test_{d}_accuracy" for d in ("greedy", "sampled", "softmax_greedy", "softmax_sampled")),
+    *(f"test_{d}_accuracy" for d in DECODED),
     *(f"test_{p}{m}" for p in ("", "softmax_") for m in ("loss", "accuracy", "eps_perplexity")),
     "test_support_size",
     "test_softmax_perplexity",

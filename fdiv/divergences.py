@@ -22,6 +22,16 @@ elementwise maps, collected by :class:`Generator`:
 
 Every map must accept ``v = -inf`` (a masked class) and return the limit there.
 
+The solvers work relative to an *anchor* ``a``: the finite end of the support
+(``f'(0)``) or of the domain of ``(f*)'``, where ``(f*)'`` has a kink or a pole.
+Near it the mass depends on ``v − a`` alone, which float32 cannot resolve from
+``v`` (ties over 1024 classes put ``v`` within 2e-3 of ``a = −2`` for χ² with unit
+q; reverse KL with uniform q over 256k classes puts the top class within 4e-6 of
+the pole), so the maps also exist as functions of ``r = v − a``
+(``f_prime_rel(u) = f'(u) − a``, ``conj_grad_rel``, ``conj_hess_rel``,
+``conj_rel``) and the threshold is found as ``t = τ + a``. Built-in generators
+write them in closed form; the defaults shift ``r`` back (no gain, no loss).
+
 Names understood by :func:`get_generator`: ``"kl"``, ``"reverse_kl"``, ``"chi2"``,
 ``"hellinger"``, ``"js"`` and ``"alpha:<value>"`` for any finite ``α ∉ {0}``
 (``"alpha:1"`` is KL, taken as the limit).
@@ -59,6 +69,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 _INF = math.inf
+_MAX_ANCHOR = 4.0
 
 
 class Generator(abc.ABC):
@@ -101,6 +112,32 @@ class Generator(abc.ABC):
         """``(f*)''(v)``, zero off the support."""
         tangent = jnp.ones_like(v)
         return jax.jvp(self.conj_grad, (v,), (tangent,))[1]
+
+    @property
+    def anchor(self) -> float:
+        """``a``: ``f'(0)`` or else the end of the domain of ``(f*)'`` when finite and
+        within ``±4`` of 0 (a farther one, α close to 1, would cost more rounding in
+        ``θ − t`` than it saves), else 0."""
+        for a in (self.f_prime_at_zero, self.conj_domain_max):
+            if math.isfinite(a) and abs(a) <= _MAX_ANCHOR:
+                return float(a)
+        return 0.0
+
+    def f_prime_rel(self, u: Array) -> Array:
+        """``f'(u) − a``."""
+        return self.f_prime(u) - self.anchor if self.anchor else self.f_prime(u)
+
+    def conj_grad_rel(self, r: Array) -> Array:
+        """``(f*)'(a + r)``."""
+        return self.conj_grad(r + self.anchor if self.anchor else r)
+
+    def conj_hess_rel(self, r: Array) -> Array:
+        """``(f*)''(a + r)``."""
+        return self.conj_hess(r + self.anchor if self.anchor else r)
+
+    def conj_rel(self, r: Array) -> Array:
+        """``f*(a + r)``."""
+        return self.conj(r + self.anchor if self.anchor else r)
 
     @property
     def is_sparse(self) -> bool:
@@ -173,6 +210,20 @@ class ReverseKL(Generator):
         r = 1.0 / (1.0 - v)
         return r * r
 
+    # a = 1, r = v − 1 < 0 on the domain
+    def f_prime_rel(self, u):
+        return -1.0 / u
+
+    def conj_grad_rel(self, r):
+        return -1.0 / r
+
+    def conj_hess_rel(self, r):
+        s = 1.0 / r  # not 1 / r²: its derivative at r = −inf would be NaN
+        return s * s
+
+    def conj_rel(self, r):
+        return -jnp.log(-r)
+
 
 class Chi2(Generator):
     """Pearson χ²: ``f(u) = (u − 1)²``; sparsemax of ``θ / 2`` with unit q."""
@@ -198,6 +249,19 @@ class Chi2(Generator):
 
     def conj_hess(self, v):
         return jnp.where(v > -2.0, 0.5, 0.0).astype(v.dtype)
+
+    # a = f'(0) = −2, r = v + 2
+    def f_prime_rel(self, u):
+        return 2.0 * u
+
+    def conj_grad_rel(self, r):
+        return jnp.maximum(0.5 * r, 0.0)
+
+    def conj_hess_rel(self, r):
+        return jnp.where(r > 0.0, 0.5, 0.0).astype(r.dtype)
+
+    def conj_rel(self, r):
+        return 0.25 * jnp.square(jnp.maximum(r, 0.0)) - 1.0
 
 
 class Hellinger(Generator):
@@ -227,6 +291,22 @@ class Hellinger(Generator):
         r = 1.0 / (1.0 - v)
         return 2.0 * r * r * r
 
+    # a = 1, r = v − 1 < 0 on the domain
+    def f_prime_rel(self, u):
+        return -jax.lax.rsqrt(u)
+
+    # Written through s = −1/r: derivatives of 1/r² or 1/r³ are NaN at r = −inf (masked).
+    def conj_grad_rel(self, r):
+        s = -1.0 / r
+        return s * s
+
+    def conj_hess_rel(self, r):
+        s = -1.0 / r
+        return 2.0 * s * s * s
+
+    def conj_rel(self, r):
+        return -1.0 / r - 1.0
+
 
 class JensenShannon(Generator):
     """Jensen–Shannon: ``f(u) = u log u − (u + 1) log((u + 1) / 2)``."""
@@ -255,6 +335,34 @@ class JensenShannon(Generator):
         e = jnp.exp(v)
         d = 2.0 - e
         return 2.0 * e / (d * d)
+
+    # a = log 2, r = v − log 2 < 0 on the domain: e^v = 2 e^r, 2 − e^v = −2 expm1(r), and
+    # (f*)' = e^r / (1 − e^r) = 1 / expm1(−r), (f*)'' = (f*)' (1 + (f*)'): one exp per class.
+    def f_prime_rel(self, u):
+        return -jnp.log1p(1.0 / u)
+
+    def conj_grad_rel(self, r):
+        return _js_conj_grad_rel(r)
+
+    def conj_hess_rel(self, r):
+        s = _js_conj_grad_rel(r)
+        return s * (1.0 + s)
+
+    def conj_rel(self, r):
+        return -math.log(2.0) - jnp.log(-jnp.expm1(r))
+
+
+@jax.custom_jvp
+def _js_conj_grad_rel(r: Array) -> Array:
+    """``1 / expm1(−r)``, with the derivative ``s (1 + s)``: autodiff would give
+    ``exp(−r) / expm1(−r)² = inf / inf`` at a masked class (r = −inf)."""
+    return 1.0 / jnp.expm1(-r)
+
+
+@_js_conj_grad_rel.defjvp
+def _js_conj_grad_rel_jvp(primals, tangents):
+    s = _js_conj_grad_rel(primals[0])
+    return s, s * (1.0 + s) * tangents[0]
 
 
 # Exponents 1/(α−1) that are small integers get an exact integer power
@@ -299,6 +407,15 @@ class Alpha(Generator):
         log_base = jnp.log1p(jnp.where(keep, t, 0.0))
         return jnp.where(keep, jnp.exp(exponent * log_base), 0.0)
 
+    def _power_rel(self, r: Array, exponent: float, integer: int | None) -> Array:
+        """``[(α − 1) r]_+ ** exponent``: the base ``1 + (α − 1) v`` at ``v = a + r``."""
+        base = (self.alpha - 1.0) * r
+        if integer is not None:
+            return jax.lax.integer_pow(jnp.maximum(base, 0.0), integer)
+        keep = (base > 0.0) | jnp.isnan(base)
+        log_base = jnp.log(jnp.where(keep, base, 1.0))
+        return jnp.where(keep, jnp.exp(exponent * log_base), 0.0)
+
     def f(self, u):
         # (u^α − 1 − α(u − 1)) / (α(α − 1)) = (u (u^{α−1} − 1)/(α − 1) − (u − 1)) / α:
         # no cancellation by α − 1, so α close to 1 stays accurate (the KL limit).
@@ -331,6 +448,32 @@ class Alpha(Generator):
         if integer == 0:
             return jnp.where(t > -1.0, 1.0, 0.0).astype(v.dtype)
         return self._power(t, self._exponent - 1.0, integer)
+
+    # a = −1/(α − 1) (f'(0) for α > 1, the pole for α < 1) when |a| ≤ 4; then
+    # 1 + (α − 1) v = (α − 1) r.
+    def f_prime_rel(self, u):
+        if not self.anchor:
+            return super().f_prime_rel(u)
+        return u ** (self.alpha - 1.0) / (self.alpha - 1.0)
+
+    def conj_grad_rel(self, r):
+        if not self.anchor:
+            return super().conj_grad_rel(r)
+        return self._power_rel(r, self._exponent, self._integer_exponent)
+
+    def conj_hess_rel(self, r):
+        if not self.anchor:
+            return super().conj_hess_rel(r)
+        integer = self._integer_exponent - 1 if self._integer_exponent is not None else None
+        if integer == 0:
+            return jnp.where((self.alpha - 1.0) * r > 0.0, 1.0, 0.0).astype(r.dtype)
+        return self._power_rel(r, self._exponent - 1.0, integer)
+
+    def conj_rel(self, r):
+        if not self.anchor:
+            return super().conj_rel(r)
+        integer = self._integer_exponent + 1 if self._integer_exponent is not None else None
+        return (self._power_rel(r, self._exponent + 1.0, integer) - 1.0) / self.alpha
 
 
 class CustomGenerator(Generator):

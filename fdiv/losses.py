@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from fdiv import _rows
 from fdiv.divergences import Generator, get_generator
-from fdiv.operators import _check_solver, _softmax_last
+from fdiv.operators import _check_solver, _softmax_parts
 
 Array = jax.Array
 
@@ -120,9 +120,12 @@ def fdiv_loss(
             f"labels of shape {labels.shape} must have the shape of logits {logits.shape}"
         )
     y = jnp.moveaxis(labels.astype(theta.dtype), axis, -1)
-    value = _softmax_last(theta, q_arr, gen, solver, num_iters)
-    inner = jnp.sum(jnp.where(y != 0, theta, 0.0) * y, axis=-1)
+    # In the frame of the row max m: ⟨θ, y⟩ = ⟨θ − m, y⟩ + m Σy, and m cancels against the
+    # f-softmax exactly when Σy = 1 (rounding it in first loses everything below ulp(m)).
+    value, shift = _softmax_parts(theta, q_arr, gen, solver, num_iters)
+    inner = jnp.sum(jnp.where(y != 0, theta - shift[..., None], 0.0) * y, axis=-1)
     loss = value + _divergence_to_reference(y, q_arr, gen) - inner
+    loss = loss + shift * (1.0 - jnp.sum(y, axis=-1))
     return jnp.where(_is_empty(theta), 0.0, loss)
 
 
@@ -193,8 +196,8 @@ def fdiv_loss_with_integer_labels(
     theta_y = jnp.take_along_axis(theta, index[..., None], axis=-1)[..., 0]
     q_y = _gather_classes(q_arr, index)
     q_sum = q_arr[..., 0] * k if q_arr.shape[-1] == 1 else jnp.sum(q_arr, axis=-1)
-    value = _softmax_last(theta, q_arr, gen, solver, num_iters)
-    loss = value + _one_hot_divergence(q_y, q_sum, gen) - theta_y
+    value, shift = _softmax_parts(theta, q_arr, gen, solver, num_iters)  # θ_y − m is exact
+    loss = value + _one_hot_divergence(q_y, q_sum, gen) - (theta_y - shift)
     loss = jnp.where((labels >= 0) & (labels < k), loss, jnp.nan)
     return jnp.where(_is_empty(theta), 0.0, loss)
 

@@ -37,33 +37,40 @@ Array = jax.Array
 
 
 def _implicit_root_jvp(gen: Generator, primals, tangents):
-    theta, q, tau = primals
+    theta, q, t = primals
     dtheta, dq, _ = tangents  # the root's own tangent is implied by theta and q
-    tau = _implicit_root_for(gen)(theta, q, tau)  # differentiable: exact higher orders
-    v = theta - tau[..., None]
+    t = _implicit_root_for(gen)(theta, q, t)  # differentiable: exact higher orders
+    r = theta - t[..., None]
     unmasked = theta != -jnp.inf
-    w = q * gen.conj_hess(v)
+    w = q * gen.conj_hess_rel(r)
     numerator = jnp.sum(jnp.where(unmasked, w * dtheta, 0.0), axis=-1)
-    numerator = numerator + jnp.sum(gen.conj_grad(v) * dq, axis=-1)
+    numerator = numerator + jnp.sum(gen.conj_grad_rel(r) * dq, axis=-1)
     total = jnp.sum(w, axis=-1)
-    return tau, numerator / jnp.where(total > 0, total, 1.0)
+    return t, numerator / jnp.where(total > 0, total, 1.0)
 
 
 @functools.cache
 def _implicit_root_for(gen: Generator):
-    root = jax.custom_jvp(lambda theta, q, tau: tau)
+    """``(θ, q, t) ↦ t`` for the anchored root ``t = τ + a``, with its implicit derivative."""
+    root = jax.custom_jvp(lambda theta, q, t: t)
     root.defjvp(functools.partial(_implicit_root_jvp, gen))
     return root
 
 
+def _probabilities_rel(theta: Array, q: Array, t: Array, gen: Generator) -> Array:
+    """``q ⊙ (f*)'(θ − τ)`` from the anchored root ``t = τ + a``: sums to 1 to the solver's
+    tolerance, so it is not renormalised (which would cost one more pass over the classes)."""
+    return q * gen.conj_grad_rel(theta - t[..., None])
+
+
 def _probabilities(theta: Array, q: Array, tau: Array, gen: Generator) -> Array:
-    """``q ⊙ (f*)'(θ − τ)``: sums to 1 to the solver's tolerance, so it is not renormalised
-    (which would cost one more pass over the classes)."""
-    return q * gen.conj_grad(theta - tau[..., None])
+    """``q ⊙ (f*)'(θ − τ)`` from ``τ`` itself (``fdiv.lm_head``'s frame; less precise near the
+    anchor than :func:`_probabilities_rel`)."""
+    return _probabilities_rel(theta, q, tau + gen.anchor, gen)
 
 
 def _shifted_root(theta, q, gen, solver, num_iters) -> tuple[Array, Array, rf.RowStats]:
-    """``(z, τ, stats)``: logits minus the row max and the root in that frame.
+    """``(z, t, stats)``: logits minus the row max and the anchored root in that frame.
 
     Working relative to the row max keeps τ exact for huge logits (1e9 + τ would round
     τ away in float32). The shift is a constant for differentiation: every function
@@ -71,58 +78,80 @@ def _shifted_root(theta, q, gen, solver, num_iters) -> tuple[Array, Array, rf.Ro
     """
     stats = rf.row_stats(theta, q)
     z = theta - jax.lax.stop_gradient(stats.shift)[..., None]
-    return z, rf.solve(stats, q, gen, solver, num_iters), stats
+    return z, rf.solve_anchored(stats, q, gen, solver, num_iters), stats
 
 
 def _softargmax_last(theta, q, gen, solver, num_iters) -> Array:
-    z, tau, _ = _shifted_root(theta, q, gen, solver, num_iters)
-    return _probabilities(z, q, _implicit_root_for(gen)(z, q, tau), gen)
+    z, t, _ = _shifted_root(theta, q, gen, solver, num_iters)
+    return _probabilities_rel(z, q, _implicit_root_for(gen)(z, q, t), gen)
 
 
-def _conj_terms(theta: Array, tau: Array, gen: Generator) -> Array:
-    """``f*(θ − τ)``: ``∂ softmax_f / ∂q``.
+def _conj_terms(theta: Array, t: Array, gen: Generator) -> Array:
+    """``f*(θ − τ)`` from the anchored root ``t``: ``∂ softmax_f / ∂q``.
 
     At a ``-inf`` logit it is ``−f(0)``; where ``f(0) = +∞`` that infinite constant
     is dropped (as the matching terms of ``D_f(y, q)`` in the losses).
     """
-    conj = gen.conj(theta - tau[..., None])
+    conj = gen.conj_rel(theta - t[..., None])
     if math.isfinite(gen.f_at_zero):
         return conj
     return jnp.where(theta != -jnp.inf, conj, 0.0)
 
 
-def _value(theta: Array, q: Array, tau: Array, gen: Generator, stats: rf.RowStats) -> Array:
-    """``τ + Σ_j q_j f*(θ_j − τ)`` (−inf for an empty row).
+def _value_rel(theta: Array, q: Array, t: Array, gen: Generator, stats: rf.RowStats) -> Array:
+    """``τ + Σ_j q_j f*(θ_j − τ)`` from the anchored root ``t = τ + a`` (−inf for an empty row).
 
     For KL, ``Σ_j q_j f*(θ_j − τ) = Σ_j p_j − Σ_j q_j = 1 − Q`` at the root: no pass.
     """
     if isinstance(gen, KL):
-        value = tau + 1.0 - stats.q_sum
+        value = t + 1.0 - stats.q_sum
     else:
-        value = tau + jnp.sum(q * _conj_terms(theta, tau, gen), axis=-1)
+        value = t - gen.anchor + jnp.sum(q * _conj_terms(theta, t, gen), axis=-1)
     return jnp.where(stats.empty, -jnp.inf, value)
 
 
+def _value(theta: Array, q: Array, tau: Array, gen: Generator, stats: rf.RowStats) -> Array:
+    """:func:`_value_rel` from ``τ`` itself (``fdiv.lm_head``'s frame)."""
+    return _value_rel(theta, q, tau + gen.anchor, gen, stats)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _softmax_last(theta, q, gen, solver, num_iters) -> Array:
-    z, tau, stats = _shifted_root(theta, q, gen, solver, num_iters)
-    return stats.shift + _value(z, q, tau, gen, stats)
+def _softmax_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array]:
+    """``(softmax_f(θ; q) − m, m)`` with ``m`` the row max (0 for an empty row).
+
+    Their sum is the f-softmax. Kept apart so that the losses can subtract ``⟨θ, y⟩`` in the
+    frame of the row max: ``1e9 + 0.7`` rounds the 0.7 away in float32. ``m`` is a constant for
+    differentiation (zero tangent, like the shift everywhere else); the first part carries the
+    whole derivative of ``softmax_f``, so only the sum (or the first part minus logits shifted
+    by ``m``) is meaningful to differentiate.
+    """
+    z, t, stats = _shifted_root(theta, q, gen, solver, num_iters)
+    return _value_rel(z, q, t, gen, stats), stats.shift
 
 
-@functools.partial(_softmax_last.defjvp, symbolic_zeros=True)
-def _softmax_last_jvp(gen, solver, num_iters, primals, tangents):
+@functools.partial(_softmax_parts.defjvp, symbolic_zeros=True)
+def _softmax_parts_jvp(gen, solver, num_iters, primals, tangents):
     theta, q = primals
     dtheta, dq = tangents
-    z, tau, stats = _shifted_root(theta, q, gen, solver, num_iters)
-    tau = _implicit_root_for(gen)(z, q, tau)
-    value = stats.shift + _value(z, q, tau, gen, stats)
+    z, t, stats = _shifted_root(theta, q, gen, solver, num_iters)
+    t = _implicit_root_for(gen)(z, q, t)
+    # The primal outputs must be differentiable consistently with the tangent below (higher
+    # derivatives differentiate this rule): the shift is a constant, as it is inside z.
+    shift = jax.lax.stop_gradient(stats.shift)
+    value = _value_rel(z, q, t, gen, stats)
     tangent = jnp.zeros_like(value)
     if not isinstance(dtheta, SymbolicZero):
-        p = _probabilities(z, q, tau, gen)
+        p = _probabilities_rel(z, q, t, gen)
         tangent = tangent + jnp.sum(jnp.where(p > 0, p * dtheta, 0.0), axis=-1)
     if not isinstance(dq, SymbolicZero):
-        tangent = tangent + jnp.sum(_conj_terms(z, tau, gen) * dq, axis=-1)
-    return value, tangent
+        tangent = tangent + jnp.sum(_conj_terms(z, t, gen) * dq, axis=-1)
+    return (value, shift), (tangent, jnp.zeros_like(shift))
+
+
+def _softmax_last(theta, q, gen, solver, num_iters) -> Array:
+    """``softmax_f(θ; q)`` along the last axis, differentiable by the envelope rule."""
+    value, shift = _softmax_parts(theta, q, gen, solver, num_iters)
+    return shift + value
 
 
 def _check_solver(solver: str) -> None:

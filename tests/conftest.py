@@ -43,37 +43,7 @@ def rng():
 # Known library failures, listed here in one place so that they stay visible: each is marked
 # xfail(strict=True), so a fix makes the suite fail until its line is removed. See the notes
 # on issues 2 and 3.
-_BISECT_MASS = (
-    "bisect leaves |Σp − 1| above 1e-5 on adversarial rows since p is no longer renormalised "
-    "(issue 3)"
-)
-KNOWN_FAILURES = {
-    "tests/test_operators.py::test_float64_check_grads_and_accuracy[js]": (
-        "float64 accuracy/check_grads tolerance not met for js (issue 2)"
-    ),
-    "tests/test_operators.py::test_float64_check_grads_and_accuracy[alpha:1.5]": (
-        "float64 accuracy/check_grads tolerance not met for alpha:1.5 (issue 2)"
-    ),
-    "tests/test_operators.py::test_huge_logits[alpha:-1]": "alpha < 0 with logits of 1e9 (issue 2)",
-    "tests/test_losses.py::test_huge_logits[reverse_kl]": (
-        "reverse_kl loss with logits of 1e9 is not finite/non-negative (issue 2)"
-    ),
-    **{
-        f"tests/test_solvers.py::test_solver_accuracy[{case}]": _BISECT_MASS
-        for case in [
-            "hellinger-uniform",
-            "reverse_kl-uniform",
-            "js-uniform",
-            "chi2-unit",
-            "alpha:2-unit",
-            "alpha:1.7-unit",
-            "alpha:3-uniform",
-            "alpha:3-unit",
-            "alpha:0.5-uniform",
-            "alpha:-1-uniform",
-        ]
-    },
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 _GROUPED_FILES = ("test_operators.py", "test_losses.py", "test_solvers.py")

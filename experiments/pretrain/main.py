@@ -27,7 +27,6 @@ from typing import Any
 import jax
 import ml_collections
 from flax import nnx
-from ml_collections import config_flags
 
 import fdiv
 from experiments.common import (
@@ -46,12 +45,7 @@ from experiments.common.progress import log
 from experiments.pretrain import task
 
 EXPERIMENT = "pretrain"
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    str(Path(__file__).parent / "configs" / "tiny.py"),
-    "Config file; override keys with --config.<key>=<value>.",
-    lock_config=True,
-)
+DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "tiny.py")
 # Keys that may change between a run and its resumption: they do not change the trajectory.
 RESUMABLE_CHANGES = (
     "curves_csv",
@@ -219,12 +213,14 @@ def _fresh_start(workdir: Path, keep: int) -> bool:
         checkpointer.close()
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], config: ml_collections.ConfigDict) -> None:
+    """The command line's work (``__main__`` defines ``--config``): a clear one-line error, no
+    traceback, for a bad config, missing data or a diverged run."""
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     progress.setup_logging()
     try:
-        run(_CONFIG.value)
+        run(config)
     except (
         config_lib.ConfigError,
         text.DatasetMissingError,

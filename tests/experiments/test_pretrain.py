@@ -261,3 +261,23 @@ def test_train_step_benchmark_quick_run_writes_its_table(tmp_path):
         assert float(row["tokens_per_s"]) > 0
         expected = int(row["batch"]) * int(row["seq_len"]) / float(row["median_s"])
         assert float(row["tokens_per_s"]) == pytest.approx(expected)
+
+
+def test_command_line_reports_errors_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.pretrain",
+            "--config.loss.q=bogus",
+            f"--config.workdir={tmp_path}",
+        ],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "error: config.loss.q = 'bogus' is invalid" in proc.stderr
+    assert "Traceback" not in proc.stderr

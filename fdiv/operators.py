@@ -199,7 +199,7 @@ def f_softargmax(
     Example:
       >>> import jax.numpy as jnp, fdiv
       >>> fdiv.f_softargmax(jnp.array([2.0, 1.0, -1.0]), "alpha:1.5", q="unit")
-      Array([0.85..., 0.14..., 0.  ], dtype=float32)
+      Array([0.83..., 0.16..., 0. ...], dtype=float32)
 
     References:
       Roulet, Liu, Vieillard, Sander, Blondel. Loss Functions and Operators
@@ -266,7 +266,7 @@ def f_sigmoid(
     Example:
       >>> import jax.numpy as jnp, fdiv
       >>> fdiv.f_sigmoid(jnp.array([-3.0, 0.0, 3.0]), "chi2", q="unit")
-      Array([0.   , 0.5  , 1.   ], dtype=float32)
+      Array([0. , 0.5, 1. ], dtype=float32)
     """
     logits = jnp.stack([x, jnp.zeros_like(x)], axis=-1)
     p = f_softargmax(logits, divergence, q=q, temperature=temperature, solver=solver)

@@ -7,7 +7,9 @@ vocabulary, 128-token sequences) with a deeper model, 4 layers of d_model 128 (1
 loss (the cross-entropy, so its softmax is its own operator) for 500 steps of 16 sequences. It
 lives here, not in experiments/pretrain/configs, because only distillation uses it.
 
-Hardware: CPU. Time: TODO
+Hardware: CPU. Time: 16 minutes of wall time on this 2-core Intel Xeon while other jobs shared
+it (measured; validation loss 3.63, perplexity 38, about that of the 2-layer model after 600
+steps: more steps would make it a stronger teacher).
 
     python -m experiments.pretrain --config=experiments/distill/configs/teacher.py
 """

@@ -164,3 +164,30 @@ def test_distill_errors_are_clear(distill_config, tmp_path):
     distill_config.data.seq_len = 64
     with pytest.raises(config_lib.ConfigError, match=r"exceeds model\.max_len 32"):
         main.run(distill_config)
+
+
+def test_per_batch_lm_metrics_combine_to_those_of_one_call():
+    """Distillation evaluates one batch at a time (q = teacher changes per batch)."""
+    from experiments.common import lm_eval
+
+    table = jax.random.normal(jax.random.key(5), (V, V)) * 2
+
+    def logits_fn(inputs):
+        return table[inputs]
+
+    rng = np.random.default_rng(0)
+    batches = []
+    for n_masked in (0, 3, 7):
+        inputs = rng.integers(0, V, (2, 6)).astype(np.int32)
+        mask = np.ones((2, 6), bool)
+        mask.reshape(-1)[:n_masked] = False
+        batches.append({"inputs": inputs, "targets": np.roll(inputs, -1, 1), "mask": mask})
+    whole = lm_eval.evaluate_lm(logits_fn, batches, "alpha:1.5", "unit")
+    parts = [
+        (lm_eval.evaluate_lm(logits_fn, [b], "alpha:1.5", "unit"), int(b["mask"].sum()))
+        for b in batches
+    ]
+    combined = task.combine_lm_metrics(parts)
+    assert combined.keys() == whole.keys()
+    for key, value in whole.items():
+        np.testing.assert_allclose(combined[key], value, rtol=1e-5, err_msg=key)

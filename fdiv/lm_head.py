@@ -8,17 +8,19 @@ and targets ``y_i ∈ Δ^V``, :func:`fused_linear_fdiv_loss` computes
 exactly as :func:`fdiv.fdiv_loss_with_integer_labels` / :func:`fdiv.fdiv_loss` applied to
 ``hidden @ weight`` do, without ever holding the ``[N, V]`` logits. The tokens are cut into
 chunks of ``C`` rows; a ``lax.scan`` over the chunks computes each chunk's logits (a matmul
-in the input dtype with float32 accumulation), the row thresholds ``τ*`` with
-:mod:`fdiv.root_finding`, and the loss. The gradients follow from ``∇_θ ℓ_i = p*_i − y_i``
-with ``p*_i = q ⊙ (f*)'(θ_i − τ*_i)``:
+in the input dtype with float32 accumulation), the row thresholds ``τ*`` and the loss with the
+unfused loss's own functions (the anchored root of :mod:`fdiv.root_finding`, the value and
+``p*`` relative to the row max, so ties at the support's end and logits of 1e9 are as exact as
+there). The gradients follow from ``∇_θ ℓ_i = p*_i − y_i`` with
+``p*_i = q ⊙ (f*)'(θ_i − τ*_i)``:
 
     ∇_h ℓ = (P* − Y) Wᵀ / T,        ∇_W ℓ = hᵀ (P* − Y) / T,
 
-accumulated chunk by chunk (``∇_W`` in float32). A custom VJP keeps only ``τ*`` (one
-float per token) from the forward pass with ``reduction="none"`` and recomputes each chunk's
-logits and ``p*`` in the backward pass; with ``reduction="sum"`` or ``"mean"`` the cotangent
-is a scalar, so the forward pass computes both gradients directly and the backward pass
-only scales them. Peak memory is ``O(C·V + D·V)`` instead of ``O(N·V)``.
+accumulated chunk by chunk (``∇_W`` in float32). A custom VJP keeps only the row max and the
+anchored root (two floats per token) from the forward pass with ``reduction="none"`` and
+recomputes each chunk's logits and ``p*`` in the backward pass; with ``reduction="sum"`` or
+``"mean"`` the cotangent is a scalar, so the forward pass computes both gradients directly and
+the backward pass only scales them. Peak memory is ``O(C·V + D·V)`` instead of ``O(N·V)``.
 
 For sparse divergences (``"chi2"``, ``"alpha:α"`` with α > 1), ``p*`` is exactly zero off
 its support, as in the unfused loss.
@@ -34,10 +36,9 @@ import jax
 import jax.numpy as jnp
 
 from fdiv import _rows
-from fdiv import root_finding as rf
 from fdiv.divergences import Generator, get_generator
 from fdiv.losses import _divergence_to_reference, _one_hot_divergence
-from fdiv.operators import _check_solver, _probabilities, _value
+from fdiv.operators import _check_solver, _probabilities_rel, _shifted_root, _value_rel
 
 Array = jax.Array
 REDUCTIONS = ("none", "sum", "mean")
@@ -122,46 +123,63 @@ def _has_grad(static: _Static, theta: Array, chunk: dict) -> Array:
     return ok
 
 
-def _chunk_loss(static: _Static, theta: Array, q_arr: Array, chunk: dict) -> tuple[Array, Array]:
-    """Per-token loss and absolute ``τ*`` of one chunk."""
+class _Root(NamedTuple):
+    """What the backward pass needs of a chunk's forward pass: one pair of floats per token."""
+
+    shift: Array  # the row max (0 for a row with every class masked)
+    t: Array  # the anchored root t = τ + a in the frame of the row max
+
+
+def _chunk_loss(
+    static: _Static, theta: Array, q_arr: Array, chunk: dict
+) -> tuple[Array, _Root, Array]:
+    """Per-token loss, root and ``θ − m`` (``m`` the row max) of one chunk.
+
+    As in the unfused loss, everything is computed relative to ``m``: ``⟨θ, y⟩ = ⟨θ − m, y⟩ +
+    m Σy`` and ``m`` cancels against the f-softmax's when ``Σy = 1``.
+    """
     gen = static.gen
-    stats = rf.row_stats(theta, q_arr)
-    tau = stats.shift + rf.solve(stats, q_arr, gen, static.solver, static.num_iters)
-    value = _value(theta, q_arr, tau, gen, stats)
+    z, t, stats = _shifted_root(theta, q_arr, gen, static.solver, static.num_iters)
+    value = _value_rel(z, q_arr, t, gen, stats)
     unmasked = theta != -jnp.inf
     valid = jnp.ones(theta.shape[:1], bool)
+    mass = 1.0  # Σ_j y_j
     if static.kind == _INTEGER:
         k = theta.shape[-1]
         labels = chunk["labels"]
         valid = (labels >= 0) & (labels < k)
         index = jnp.clip(labels, 0, k - 1)[:, None]
-        theta_y = jnp.take_along_axis(theta, index, axis=-1)[:, 0]
+        inner = jnp.take_along_axis(z, index, axis=-1)[:, 0]
         q_y = jnp.take_along_axis(jnp.broadcast_to(q_arr, theta.shape), index, axis=-1)[:, 0]
         divergence = _one_hot_divergence(q_y, stats.q_sum, gen)
-        inner = theta_y
     elif static.kind == _DENSE:
         y = chunk["labels"].astype(theta.dtype)
-        inner = jnp.sum(jnp.where(unmasked, theta, 0.0) * y, axis=-1)
+        inner = jnp.sum(jnp.where(unmasked, z, 0.0) * y, axis=-1)
         divergence = _divergence_to_reference(y, q_arr, gen)
+        mass = jnp.sum(y, axis=-1)
     else:
         index = jnp.clip(chunk["indices"], 0, theta.shape[-1] - 1)
         values = chunk["values"].astype(theta.dtype)
-        theta_k = jnp.take_along_axis(theta, index, axis=-1)
+        z_k = jnp.take_along_axis(z, index, axis=-1)
         q_k = jnp.take_along_axis(jnp.broadcast_to(q_arr, theta.shape), index, axis=-1)
-        ok_k = theta_k != -jnp.inf
-        inner = jnp.sum(jnp.where(ok_k, theta_k, 0.0) * values, axis=-1)
+        ok_k = z_k != -jnp.inf
+        inner = jnp.sum(jnp.where(ok_k, z_k, 0.0) * values, axis=-1)
         divergence = _top_k_divergence(q_k, values, ok_k, stats.q_sum, gen)
-    loss = jnp.where(valid, value + divergence - inner, jnp.nan)
+        mass = jnp.sum(values, axis=-1)
+    loss = value + divergence - inner
+    if static.kind != _INTEGER:
+        loss = loss + stats.shift * (1.0 - mass)
+    loss = jnp.where(valid, loss, jnp.nan)
     # A token with every class masked is padding (loss 0, no gradient), as in the unfused loss.
     loss = jnp.where(~stats.empty & chunk["token_ok"], loss, 0.0)
-    return loss, tau
+    return loss, _Root(stats.shift, t), z
 
 
 def _chunk_dlogits(
-    static: _Static, theta: Array, q_arr: Array, tau: Array, g: Array, chunk: dict
+    static: _Static, theta: Array, z: Array, q_arr: Array, t: Array, g: Array, chunk: dict
 ) -> Array:
-    """``g ⊙ (p* − y) / T`` for one chunk, zero for tokens without a gradient."""
-    p = _probabilities(theta, q_arr, tau, static.gen)
+    """``g ⊙ (p* − y) / T`` for one chunk (``z = θ − m``), zero for tokens without a gradient."""
+    p = _probabilities_rel(z, q_arr, t, static.gen)
     g = jnp.where(_has_grad(static, theta, chunk), g, 0.0)
     dtheta = (p - _chunk_targets(static, theta, chunk)) * g[:, None]
     return dtheta / static.temperature if static.temperature != 1.0 else dtheta
@@ -177,10 +195,10 @@ def _chunk_grads(h: Array, weight: Array, dlogits: Array) -> tuple[Array, Array]
 
 
 def _scan_forward(static: _Static, h: Array, weight: Array, aux: dict, *, with_grads: bool):
-    """One pass over the chunks: per-token losses and ``τ*``, and optionally the gradients.
+    """One pass over the chunks: per-token losses and roots, and optionally the gradients.
 
     With ``with_grads`` (scalar reductions) the gradients of the reduced loss are returned
-    unscaled by the upstream cotangent: ``(losses, taus, dh, dweight)``.
+    unscaled by the upstream cotangent: ``(losses, roots, dh, dweight)``.
     """
     consts, xs = aux["consts"], aux["chunks"]
     acc = _rows.compute_dtype(h.dtype)
@@ -188,12 +206,12 @@ def _scan_forward(static: _Static, h: Array, weight: Array, aux: dict, *, with_g
     def body(dweight, x):
         h_c, chunk = x
         theta, q_arr = _chunk_theta(static, h_c, weight, chunk, consts)
-        loss, tau = _chunk_loss(static, theta, q_arr, chunk)
+        loss, root, z = _chunk_loss(static, theta, q_arr, chunk)
         if not with_grads:
-            return dweight, (loss, tau)
-        dlogits = _chunk_dlogits(static, theta, q_arr, tau, consts["scale"], chunk)
+            return dweight, (loss, root)
+        dlogits = _chunk_dlogits(static, theta, z, q_arr, root.t, consts["scale"], chunk)
         dh, dw = _chunk_grads(h_c, weight, dlogits)
-        return dweight + dw, (loss, tau, dh)
+        return dweight + dw, (loss, root, dh)
 
     init = jnp.zeros(weight.shape, acc) if with_grads else None
     dweight, out = jax.lax.scan(body, init, (h, xs))
@@ -214,8 +232,8 @@ def _fused(static: _Static, h: Array, weight: Array, aux: dict) -> Array:
 
 def _fused_fwd(static: _Static, h: Array, weight: Array, aux: dict):
     if static.reduction == "none":
-        losses, taus = _scan_forward(static, h, weight, aux, with_grads=False)
-        return losses, (h, weight, aux, taus)
+        losses, roots = _scan_forward(static, h, weight, aux, with_grads=False)
+        return losses, (h, weight, aux, roots)
     losses, _, dh, dweight = _scan_forward(static, h, weight, aux, with_grads=True)
     return _reduce(static, losses, aux["consts"]), (dh, dweight)
 
@@ -224,18 +242,19 @@ def _fused_bwd(static: _Static, residuals, g: Array):
     if static.reduction != "none":
         dh, dweight = residuals
         return (g * dh).astype(static.dtype), (g * dweight).astype(static.dtype), None
-    h, weight, aux, taus = residuals
+    h, weight, aux, roots = residuals
     consts, xs = aux["consts"], aux["chunks"]
 
     def body(dweight, x):
-        h_c, chunk, tau, g_c = x
+        h_c, chunk, root, g_c = x
         theta, q_arr = _chunk_theta(static, h_c, weight, chunk, consts)
-        dlogits = _chunk_dlogits(static, theta, q_arr, tau, g_c, chunk)
+        z = theta - root.shift[:, None]
+        dlogits = _chunk_dlogits(static, theta, z, q_arr, root.t, g_c, chunk)
         dh, dw = _chunk_grads(h_c, weight, dlogits)
         return dweight + dw, dh
 
     init = jnp.zeros(weight.shape, _rows.compute_dtype(h.dtype))
-    dweight, dh = jax.lax.scan(body, init, (h, xs, taus, g))
+    dweight, dh = jax.lax.scan(body, init, (h, xs, roots, g))
     return dh.astype(static.dtype), dweight.astype(static.dtype), None
 
 

@@ -261,17 +261,3 @@ def solve_anchored(
     lo, hi = bracket(stats, q, gen)
     run = _bisect if solver == "bisect" else _newton
     return run(stats, q, gen, lo, hi, num_iters)
-
-
-def solve(
-    stats: RowStats,
-    q: Array,
-    gen: Generator,
-    solver: str = "auto",
-    num_iters: int | None = None,
-) -> Array:
-    """The root ``τ`` of each row, in the frame shifted by ``stats.shift``:
-    ``p_j = q_j (f*)'(z_j − τ)``. Arguments as :func:`solve_anchored`, whose ``t`` carries
-    more precision near the anchor (``τ = t − a`` rounds it away): the operators use that."""
-    t = solve_anchored(stats, q, gen, solver, num_iters)
-    return t - gen.anchor if gen.anchor else t

@@ -196,6 +196,67 @@ def test_top_k_with_class_mask_and_prior(problem, rng):
     _assert_same(fused, unfused, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("divergence", ["chi2", "alpha:2", "alpha:1.5"])
+def test_ties_at_the_support_end_match_unfused(divergence, rng):
+    """1000 exact or near ties with unit q put τ within 2e-3 of the support's end, where only the
+    anchored root resolves the mass (tests/test_solvers.py::test_ties_with_unit_q_are_exact):
+    the fused head must use it too. The logits ``c + r_j`` are exact: weight rows of ones and of
+    small offsets ``r``, hidden rows ``[c, 0|1, 0|1]``. The first column of the hidden
+    gradient is ``g (Σp − 1)`` (the weight row of ones), so its tolerance 1e-5 is the unfused
+    tests' ``|Σp − 1| ≤ 1e-5``; a fused head solving for τ itself was 5e-5 off there."""
+    v = 1000
+    weight = np.stack(
+        [
+            np.ones(v),
+            1e-3 * rng.normal(size=v),
+            1e-3 * np.arange(v) / v,
+        ]
+    ).astype(np.float32)
+    hidden = np.array([[0.3, 0, 0], [0.3, 1, 0], [0.3, 0, 1], [0, 0, 0], [1.7, 1, 1]], np.float32)
+    labels = rng.integers(0, v, size=len(hidden))
+    cotangent = rng.normal(size=len(hidden)).astype(np.float32)
+    args = (divergence, "unit", "none", labels)
+    fused = _value_and_grads(_fused(*args, chunk_size=2), hidden, weight, cotangent, "none")
+    unfused = _value_and_grads(_unfused(*args), hidden, weight, cotangent, "none")
+    _assert_same(fused, unfused)
+
+
+@pytest.mark.parametrize(("divergence", "q"), DIVERGENCES)
+@pytest.mark.parametrize("form", ["integer", "top_k"])
+def test_logits_of_1e9_match_unfused(divergence, q, form, problem, rng):
+    """Logits of exactly ±1e9 (tied at the row max) beside O(1) ones: the fused loss, like the
+    unfused one, is computed relative to the row max, so a loss of 0.7 next to 1e9 keeps its
+    digits (tests/test_losses.py::test_huge_logits). The first hidden unit is 1e9 on most tokens
+    and the weight columns that read it are ``±e_0``, so those logits are exact; the labels
+    alternate between tied 1e9 classes and ordinary ones."""
+    hidden, weight, _, cotangent = problem
+    hidden, weight = hidden.copy(), weight.copy()
+    hidden[:, 0] = np.where(np.arange(N) % 4 == 3, 0.0, 1e9)
+    weight[0] = 0.0
+    big = np.array([2, 5, 11])  # logit +1e9 (tied)
+    weight[:, big] = 0.0
+    weight[0, big] = 1.0
+    weight[:, 7] = 0.0
+    weight[0, 7] = -1.0  # logit −1e9
+    labels = np.where(np.arange(N) % 2 == 0, big[np.arange(N) % 3], rng.integers(0, V, size=N))
+    if form == "integer":
+        fused_fn = _fused(divergence, q, "none", labels, chunk_size=4)
+        unfused_fn = _unfused(divergence, q, "none", labels)
+        tol = {"rtol": 1e-5, "atol": 2e-5}
+    else:  # half the mass on the label, half on class 5 (tied at 1e9)
+        indices = np.stack([labels, np.where(labels == 5, 2, 5)], axis=1)
+        values = np.full((N, 2), 0.5, np.float32)
+        dense = np.zeros((N, V), np.float32)
+        np.put_along_axis(dense, indices, values, axis=-1)
+        fused_fn = _fused(divergence, q, "none", (indices, values), chunk_size=4)
+        unfused_fn = lambda h, w: fdiv.fdiv_loss(h @ w, dense, divergence, q=q)
+        tol = {"rtol": 2e-5, "atol": 2e-5}
+    fused = _value_and_grads(fused_fn, hidden, weight, cotangent, "none")
+    unfused = _value_and_grads(unfused_fn, hidden, weight, cotangent, "none")
+    assert np.all(np.isfinite(fused[0])), fused[0]
+    _assert_same(fused, unfused, **tol)
+
+
 @pytest.mark.parametrize("reduction", ["none", "sum"])
 def test_bfloat16_inputs(reduction, problem):
     """bf16 matmuls with float32 accumulation: close to the float32 loss of the same bf16 values."""

@@ -6,8 +6,10 @@ work) is compared with a 200-step float64 bisection of the same float32 logits:
 ``error = |τ − τ_ref| / (1 + |τ_ref|)``. The reference shares only the generator's maps with
 the library: it bisects the plain bracket of paper-notes.md, ``[−f'(1/q_{j⁺}), −f'(1/Σ_j q_j)]``,
 not the solvers' tightened one. ``mass_error = |Σ_j q_j (f*)'(θ_j − τ) − 1|`` is the
-float32 mass before the operators renormalise it. Each row of the CSV gives the worst error
-per kind of logit row (columns ``error_<kind>``) and over all of them.
+float32 mass the operators return (they do not renormalise it). The solvers find the anchored
+root ``t = τ + a`` (see :mod:`fdiv.root_finding`); ``τ = t − a`` is formed in float64. Each row
+of the CSV gives the worst error per kind of logit row (columns ``error_<kind>``) and over all
+of them.
 
 Kinds of rows (``ROWS_PER_KIND`` each): ``random`` ``2 · N(0, 1)``; ``wide`` uniform over a
 spread of 1e4; ``ties`` every logit equal, or the top three tied above ``N(0, 1) − 3``;
@@ -65,16 +67,17 @@ def _prepared(theta, q: str):
 
 
 def _solve_fn(gen, q: str, solver: str, *, default: bool):
-    """Jitted ``(theta[, iters]) -> (τ, mass error)`` in the shifted frame.
+    """Jitted ``(theta[, iters]) -> (t, mass error)``: the anchored root ``t = τ + a`` in the
+    shifted frame.
 
     The iteration count is traced (one compilation for all counts), or the solver's default.
     """
 
     def solve(theta, iters):
         stats, q_arr = _prepared(theta, q)
-        tau = rf.solve(stats, q_arr, gen, solver, iters)
-        mass = jnp.sum(q_arr * gen.conj_grad(stats.z - tau[..., None]), axis=-1)
-        return tau, jnp.abs(mass - 1.0)
+        t = rf.solve_anchored(stats, q_arr, gen, solver, iters)
+        mass = jnp.sum(q_arr * gen.conj_grad_rel(stats.z - t[..., None]), axis=-1)
+        return t, jnp.abs(mass - 1.0)
 
     if default:
         return jax.jit(lambda theta: solve(theta, None))
@@ -123,8 +126,9 @@ def run(mode: str, out_dir: Path) -> Path:
                     solve = _solve_fn(gen, q, solver, default=False)
                     default = _solve_fn(gen, q, solver, default=True)
                     for iters in (*ITERATIONS[solver], None):
-                        tau, mass = default(theta) if iters is None else solve(theta, iters)
-                        tau, mass = np.asarray(tau, np.float64), np.asarray(mass, np.float64)
+                        t, mass = default(theta) if iters is None else solve(theta, iters)
+                        tau = np.asarray(t, np.float64) - gen.anchor
+                        mass = np.asarray(mass, np.float64)
                         error = np.abs(tau - tau_ref) / (1.0 + np.abs(tau_ref))
                         row = {
                             "benchmark": "roots",

@@ -7,27 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
 import fdiv
-from experiments.common import generate as generate_lib
-from experiments.common import instructions, lm_eval, reference, trainer
+from experiments.common import answers, instructions, lm_eval, reference, trainer
 
 Array = jax.Array
 REFERENCE_MEASURES = ("uniform", "unit", "base")
-# Answer decoding: (metric prefix, problems, operator of the fine-tuned model or plain
-# softmax, greedy?). "seen" problems are distinct training problems: how well SFT fitted them.
-DECODINGS = (
-    ("greedy", "test", True, True),
-    ("sampled", "test", True, False),
-    ("softmax_greedy", "test", False, True),
-    ("softmax_sampled", "test", False, False),
-    ("seen_greedy", "seen", True, True),
-    ("seen_softmax_greedy", "seen", False, True),
-)
 
 
 def default_run_name(divergence: str, q: str, seed: int) -> str:
@@ -99,7 +86,7 @@ def make_evaluate(
     """Evaluation on the test problems: the LM metrics of ``lm_eval.evaluate_lm`` on the
     held-out responses (operator and ``softmax_`` keys), and the exact-match accuracy of the
     answers decoded greedily and by sampling, with the operator and with softmax
-    (``greedy_accuracy``, ``sampled_accuracy``, ``softmax_greedy_accuracy``,
+    (``answers.DECODINGS``: ``greedy_accuracy``, ``sampled_accuracy``, ``softmax_greedy_accuracy``,
     ``softmax_sampled_accuracy``), and of the greedy answers to as many distinct training
     problems (``seen_greedy_accuracy``, ``seen_softmax_greedy_accuracy``: the fit, not
     generalisation).
@@ -108,9 +95,7 @@ def make_evaluate(
     take: the operator's answers are decoded as softmax of ``log p`` (−inf where ``p = 0``),
     which is ``p`` exactly."""
     divergence, q_name = config.loss.divergence, config.loss.q
-    max_new = config.eval.max_new_tokens or 1 + max(
-        len(source.vocab.encode(p.answer)) for p in source.test_problems
-    )
+    max_new = answers.max_new_tokens(source, config.eval.max_new_tokens)
 
     @jax.jit
     def logits(params, model_state, inputs):
@@ -123,8 +108,9 @@ def make_evaluate(
     @jax.jit
     def operator_log_probs(params, model_state, inputs):
         q = reference_measure(base_graphdef, model_state, q_name, inputs)
-        p = fdiv.f_softargmax(logits(params, model_state, inputs), divergence, q=q)
-        return jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -jnp.inf)
+        return answers.log_probs(
+            fdiv.f_softargmax(logits(params, model_state, inputs), divergence, q=q)
+        )
 
     def evaluate(state: trainer.TrainState) -> dict[str, float]:
         params, model_state = state.params, state.model_state
@@ -138,34 +124,20 @@ def make_evaluate(
             metrics = lm_eval.evaluate_lm(
                 logits_fn, [batch], divergence, base_q(model_state, batch["inputs"])
             )
-            operator = (lambda x: operator_log_probs(params, model_state, x), None, None)
+            operator = answers.Decoder(lambda x: operator_log_probs(params, model_state, x))
         else:
             metrics = lm_eval.evaluate_lm(
                 logits_fn, source.validation_batches(config.eval.batch_size), divergence, q_name
             )
-            operator = (logits_fn, divergence, q_name)
-        rng = jax.random.key(config.eval.sample_seed)
-        for name, split, use_operator, greedy in DECODINGS:
-            fn, operator_divergence, q = operator if use_operator else (logits_fn, None, None)
-            problems = source.test_problems if split == "test" else source.seen_problems
-            correct = 0
-            groups = source.prompt_groups(config.eval.batch_size, problems)
-            for i, (indices, prompts) in enumerate(groups):
-                generated = generate_lib.generate(
-                    fn,
-                    prompts,
-                    max_new,
-                    divergence=operator_divergence,
-                    q=q,
-                    greedy=greedy,
-                    rng=jax.random.fold_in(rng, i),
-                    eos_id=source.vocab.eos_id,
-                )
-                new_tokens = np.asarray(generated)[:, prompts.shape[1] :]
-                for j, row in zip(indices, new_tokens, strict=True):
-                    answer = source.decode_answer(row.tolist())
-                    correct += instructions.answer_matches(answer, problems[j].answer)
-            metrics[f"{name}_accuracy"] = correct / len(problems)
+            operator = answers.Decoder(logits_fn, divergence, q_name)
+        metrics |= answers.accuracies(
+            operator,
+            logits_fn,
+            source,
+            batch_size=config.eval.batch_size,
+            max_new=max_new,
+            seed=config.eval.sample_seed,
+        )
         return metrics
 
     return evaluate

@@ -1,10 +1,13 @@
 """Language-model helpers shared by the experiments that start from a trained model (SFT,
-distillation): load a pre-trained :class:`~experiments.common.transformer.Transformer` from the
-workdir of a ``python -m experiments.pretrain`` run.
+distillation): load a trained :class:`~experiments.common.transformer.Transformer` from the
+workdir of a ``python -m experiments.pretrain`` run or of a ``python -m experiments.sft`` run.
 
-A pre-training workdir holds ``config.json`` (the run's config, :func:`config_lib.record`) and
+Such a workdir holds ``config.json`` (the run's config, :func:`config_lib.record`) and
 ``checkpoints/<step>/`` (orbax, :class:`~experiments.common.checkpoint.Checkpointer`) with the
-whole :class:`~experiments.common.trainer.TrainState`; only its parameters are read here.
+whole :class:`~experiments.common.trainer.TrainState`; only its parameters are read here (an SFT
+state's ``params`` are the fine-tuned Transformer's, like a pre-training state's). An SFT run
+records no ``model`` config: its architecture and vocabulary are those of the pre-training run
+in its ``base.workdir`` (:func:`pretraining_config`).
 """
 
 from __future__ import annotations
@@ -36,11 +39,40 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     }
 
 
+def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config recorded in a run's workdir; :class:`ModelRestoreError` when there is none."""
+    config_path = Path(workdir) / "config.json"
+    if not config_path.exists():
+        raise ModelRestoreError(
+            f"{config_path} not found: {workdir} is not the workdir of a pre-training run "
+            "(python -m experiments.pretrain --config.workdir=...) or of an SFT run."
+        )
+    return ml_collections.ConfigDict(json.loads(config_path.read_text()))
+
+
+def pretraining_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config of the pre-training run behind a run's ``config``: the config itself when it
+    records a ``model`` (a pre-training run), else that of the run in its ``base.workdir`` (a
+    fine-tuning run such as SFT), followed until a pre-training run."""
+    seen = []
+    while "model" not in config:
+        base = config.base.get("workdir") if "base" in config else None
+        if not base or base in seen:
+            raise ModelRestoreError(
+                f"the run config {config.get('name', '?')!r} has neither a model nor a "
+                "base.workdir leading to a pre-training run"
+            )
+        seen.append(base)
+        config = read_config(base)
+    return config
+
+
 def restore_model(
     workdir: str | Path, *, step: int | None = None
 ) -> tuple[transformer.Transformer, ml_collections.ConfigDict]:
-    """The Transformer of a pre-training run, with the parameters of its latest checkpoint (or of
-    ``step``), and the run's config.
+    """The Transformer of a pre-training or SFT run, with the parameters of its latest checkpoint
+    (or of ``step``), and the run's own config (:func:`pretraining_config` gives the
+    architecture's and vocabulary's).
 
     The vocabulary size is read from the checkpoint (the embedding's shape), so no corpus is
     needed. Raises :class:`ModelRestoreError` when the workdir, its config or its checkpoints
@@ -48,13 +80,8 @@ def restore_model(
     ``config.model`` (e.g. a workdir reused with another model size).
     """
     workdir = Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise ModelRestoreError(
-            f"{config_path} not found: {workdir} is not the workdir of a pre-training run "
-            "(python -m experiments.pretrain --config.workdir=...)."
-        )
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    config = read_config(workdir)
+    model_cfg = pretraining_config(config).model
     manager = ocp.CheckpointManager(
         (workdir / "checkpoints").absolute(),
         item_handlers={
@@ -77,7 +104,7 @@ def restore_model(
         if vocab_size is None:
             raise ModelRestoreError(f"checkpoint {step} in {workdir} holds no Transformer")
         abstract = nnx.eval_shape(
-            lambda: transformer.Transformer(config.model, vocab_size, rngs=nnx.Rngs(0))
+            lambda: transformer.Transformer(model_cfg, vocab_size, rngs=nnx.Rngs(0))
         )
         graphdef, target, rest = nnx.split(abstract, nnx.Param, ...)
         mismatched = [

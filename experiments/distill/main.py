@@ -4,8 +4,10 @@ evaluate the student, write one result row.
     python -m experiments.distill --config=experiments/distill/configs/tiny.py \\
         --config.loss.divergence=alpha:1.5 --config.loss.q=uniform
 
-The teacher is the latest checkpoint of the pre-training run in ``config.teacher.workdir``; the
-student (``config.model``) starts from random weights and trains on the teacher's text. Rerunning
+The teacher is the latest checkpoint of the run in ``config.teacher.workdir`` (a pre-training
+run, or an SFT run for ``data.kind = "instructions"``); the student (``config.model``) starts
+from random weights, or from the pre-training run in ``config.student_init.workdir``, and trains
+on the teacher's text or instruction task. Rerunning
 the same command after an interruption resumes from the latest checkpoint in the run's workdir;
 a finished run only re-evaluates and replaces its row in ``config.results_csv``.
 """
@@ -49,6 +51,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.check(c, "name", bool, "expected a non-empty config name")
     config_lib.check(c, "teacher.workdir", bool, "expected the workdir of a pre-training run")
     config_lib.check_positive(c, "teacher.step", allow_zero=True)
+    config_lib.check_positive(c, "student_init.step", allow_zero=True)
+    config_lib.check_one_of(c, "data.kind", task.DATA_KINDS)
     transformer.validate(c)
     config_lib.check_one_of(c, "loss.q", task.REFERENCE_MEASURES)
     config_lib.check_one_of(c, "optim.name", optim.NAMES)
@@ -76,7 +80,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip_norm"):
         config_lib.check_positive(c, key, allow_zero=True)
-    for key in ("train.eval_every_steps", "train.stop_after_steps", "eval.max_batches"):
+    for key in (
+        "train.eval_every_steps",
+        "train.stop_after_steps",
+        "eval.max_batches",
+        "eval.max_new_tokens",
+    ):
         config_lib.check_positive(c, key, allow_zero=True)
     devices = jax.device_count()
     for key in ("train.batch_size", "eval.batch_size"):
@@ -100,21 +109,20 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     teacher, teacher_config = lm.restore_model(
         config.teacher.workdir, step=config.teacher.step or None
     )
-    if teacher_config.model.max_len < config.data.seq_len:
+    teacher_pretraining = lm.pretraining_config(teacher_config)
+    if teacher_pretraining.model.max_len < config.data.seq_len:
         raise config_lib.ConfigError(
             f"config.data.seq_len = {config.data.seq_len} exceeds the teacher's max_len "
-            f"{teacher_config.model.max_len}"
+            f"{teacher_pretraining.model.max_len}"
         )
-    # The teacher's corpus and vocabulary, at the student's sequence length.
-    data_cfg = teacher_config.data.copy_and_resolve_references()
-    data_cfg.seq_len = config.data.seq_len
-    if config.data.cache_dir:
-        data_cfg.cache_dir = config.data.cache_dir
-    source = text.make_text_source(data_cfg)
+    # The teacher's corpus or instruction task and its vocabulary, at the student's length.
+    source = task.make_source(config, teacher_config, teacher_pretraining)
     vocab_size = teacher.output_weight().shape[-1]
+    student = transformer.Transformer(config.model, vocab_size, rngs=nnx.Rngs(config.seed))
+    if config.student_init.workdir:
+        student = _initial_student(student, config.student_init)
     config_lib.record(workdir, config)
     mesh = sharding.make_mesh()
-    student = transformer.Transformer(config.model, vocab_size, rngs=nnx.Rngs(config.seed))
     log.info(
         "distilling %s (%d parameters) into a student of %d parameters",
         config.teacher.workdir,
@@ -134,7 +142,10 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
             batches = itertools.islice(batches, config.eval.max_batches)
         return (sharding.shard_batch(b, mesh) for b in batches)
 
-    evaluate = task.make_evaluate(graphdef, config, teacher_graphdef, validation_batches)
+    instruction_source = source if config.data.kind == "instructions" else None
+    evaluate = task.make_evaluate(
+        graphdef, config, teacher_graphdef, validation_batches, instruction_source
+    )
     loss_fn = task.make_loss_fn(graphdef, config, teacher_graphdef)
     train_step = trainer.make_train_step(loss_fn, tx, schedule, mesh)
     result, writer = trainer.resume_and_train(
@@ -173,7 +184,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         "train_examples_per_s": train_last.get("examples_per_s"),
         "top_k": config.distill.top_k,
         "temperature": config.distill.temperature,
+        "data_kind": config.data.kind,
         "teacher_workdir": config.teacher.workdir,
+        "student_init_workdir": config.student_init.workdir,
         "teacher_params": transformer.num_params(teacher),
         "student_params": transformer.num_params(student),
         "wall_time_s": round(result.train_time_s + eval_time_s, 2),
@@ -183,6 +196,29 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         results.write_row(config.results_csv, row)
         log.info("result row written to %s", config.results_csv)
     return row
+
+
+def _initial_student(
+    student: transformer.Transformer, init_cfg: ml_collections.ConfigDict
+) -> transformer.Transformer:
+    """The model of the run in ``init_cfg.workdir`` (e.g. a pre-training run) as the student's
+    starting point; a :class:`config_lib.ConfigError` unless its parameter shapes, vocabulary
+    included, are those of ``student`` (built from ``config.model``)."""
+    initial, _ = lm.restore_model(init_cfg.workdir, step=init_cfg.step or None)
+
+    def shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+        flat = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
+        return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+
+    want, have = shapes(student), shapes(initial)
+    if want != have:
+        differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        raise config_lib.ConfigError(
+            f"config.student_init.workdir = {init_cfg.workdir}: its model does not have the "
+            f"shapes of config.model and the teacher's vocabulary ({differ[0]}: "
+            f"{have.get(differ[0])} vs {want.get(differ[0])})"
+        )
+    return initial
 
 
 def main(argv: list[str], config: ml_collections.ConfigDict) -> None:

@@ -1,5 +1,6 @@
 """What is particular to distillation: the teacher's targets, the soft-label loss, and the
-evaluation (agreement with the teacher, the distillation loss and the LM metrics on held-out text).
+evaluation (agreement with the teacher, the distillation loss and the LM metrics on held-out text,
+and on the SFT task the exact-match accuracy of the answers).
 
 The target of a token is the teacher's distribution ``y = softmax(teacher logits / T)``, or its
 ``k`` most likely tokens renormalised (passed to the fused head as ``(indices, values)``, never
@@ -10,6 +11,11 @@ target itself (so ``D_f(y, q) = 0``) unless the target is cut to the top k. The
 operator ``q ⊙ (f*)'(θ − τ)`` then starts from the teacher: the student's logits learn only a
 correction to it (constant logits reproduce the teacher), so its operator needs the teacher at
 inference, and softmax of its logits alone is no language model.
+
+The data are the teacher's: its pre-training text (``data.kind = "text"``), or, for a teacher
+fine-tuned by ``python -m experiments.sft``, that run's instruction task (``"instructions"``:
+the same problems and train/test split, the loss on the response tokens only, the prompt masked
+as in SFT).
 """
 
 from __future__ import annotations
@@ -24,15 +30,47 @@ import numpy as np
 from flax import nnx
 
 import fdiv
-from experiments.common import lm_eval, reference, trainer
+from experiments.common import answers, instructions, lm_eval, reference, text, trainer
+from experiments.common import config as config_lib
 
 Array = jax.Array
 REFERENCE_MEASURES = ("uniform", "unit", "teacher")
+DATA_KINDS = ("text", "instructions")
 
 
 def default_run_name(divergence: str, q: str, seed: int) -> str:
     """``alpha1.5-teacher-seed0``: the divergence, reference measure and seed, file-name safe."""
     return f"{divergence.replace(':', '')}-{q}-seed{seed}"
+
+
+def make_source(
+    config: ml_collections.ConfigDict,
+    teacher_config: ml_collections.ConfigDict,
+    teacher_pretraining: ml_collections.ConfigDict,
+) -> text.TextSource | instructions.InstructionSource:
+    """The training and held-out data for ``config.data.kind``, at ``config.data.seq_len``:
+    the teacher's pre-training corpus (``teacher_pretraining.data``), or the instruction task
+    of the teacher's SFT run (``teacher_config.data``, in its pre-training vocabulary)."""
+    if config.data.kind == "text":
+        data_cfg = teacher_pretraining.data.copy_and_resolve_references()
+        data_cfg.seq_len = config.data.seq_len
+        if config.data.cache_dir:
+            data_cfg.cache_dir = config.data.cache_dir
+        return text.make_text_source(data_cfg)
+    if "task" not in teacher_config.get("data", {}):
+        raise config_lib.ConfigError(
+            f"config.data.kind = 'instructions' needs a teacher fine-tuned by python -m "
+            f"experiments.sft (its config records the instruction task); {config.teacher.workdir} "
+            "is not such a run"
+        )
+    data_cfg = teacher_config.data.copy_and_resolve_references()
+    data_cfg.seq_len = config.data.seq_len
+    try:
+        return instructions.InstructionSource(
+            data_cfg, text.load_vocabulary(teacher_pretraining.data.vocab)
+        )
+    except ValueError as e:
+        raise config_lib.ConfigError(f"the teacher's instruction data: {e}") from e
 
 
 def targets_and_q(
@@ -138,11 +176,21 @@ def make_evaluate(
     config: ml_collections.ConfigDict,
     teacher_graphdef: nnx.GraphDef,
     batches: Callable[[], Iterable[dict[str, np.ndarray]]],
+    source: instructions.InstructionSource | None = None,
 ) -> Callable[[trainer.TrainState], dict[str, float]]:
     """Evaluation on held-out text: ``agreement`` (top-1 of the student's operator = the
     teacher's top-1) and ``softmax_agreement`` (of its logits), ``distill_loss`` (the training
-    loss), and the LM metrics of ``lm_eval.evaluate_lm`` against the text's next tokens."""
+    loss), and the LM metrics of ``lm_eval.evaluate_lm`` against the text's next tokens (on
+    instruction data: the masked-in response tokens of the test problems).
+
+    With an instruction ``source``, also the exact-match accuracy of the student's greedy
+    answers (``answers.GREEDY_DECODINGS``: with its operator and with softmax, on the test
+    problems and on as many seen training problems) and, for comparison, that of the teacher's
+    greedy answers from its softmax (the distillation target) on the test problems,
+    ``teacher_greedy_accuracy``. With ``q = "teacher"`` the operator's answers are decoded
+    through ``answers.log_probs`` (its reference measure depends on the tokens)."""
     d, divergence, q_name = config.distill, config.loss.divergence, config.loss.q
+    teacher_accuracy: list[float] = []  # Computed at the first evaluation: the teacher is frozen.
 
     @jax.jit
     def student_logits(params, model_state, inputs):
@@ -153,6 +201,49 @@ def make_evaluate(
         flat = _flat_teacher_logits(teacher_graphdef, model_state, inputs)
         _, q = targets_and_q(flat, q_name, top_k=d.top_k, temperature=d.temperature)
         return q.reshape(*inputs.shape, -1)
+
+    @jax.jit
+    def teacher_logits(model_state, inputs):
+        return reference.frozen_logits(teacher_graphdef, model_state["teacher"], inputs)
+
+    @jax.jit
+    def operator_log_probs(params, model_state, inputs):
+        q = teacher_q(model_state, inputs)
+        logits = student_logits(params, model_state, inputs)
+        return answers.log_probs(fdiv.f_softargmax(logits, divergence, q=q))
+
+    def answer_accuracies(params, model_state) -> dict[str, float]:
+        def logits_fn(inputs):
+            return student_logits(params, model_state, inputs)
+
+        if q_name == "teacher":
+            operator = answers.Decoder(lambda x: operator_log_probs(params, model_state, x))
+        else:
+            operator = answers.Decoder(logits_fn, divergence, q_name)
+        max_new = answers.max_new_tokens(source, config.eval.max_new_tokens)
+        out = answers.accuracies(
+            operator,
+            logits_fn,
+            source,
+            batch_size=config.eval.batch_size,
+            max_new=max_new,
+            seed=0,  # Unused: greedy decodings only.
+            decodings=answers.GREEDY_DECODINGS,
+        )
+        if not teacher_accuracy:
+            teacher = answers.Decoder(lambda x: teacher_logits(model_state, x))
+            teacher_accuracy.append(
+                answers.accuracy(
+                    teacher,
+                    source,
+                    source.test_problems,
+                    greedy=True,
+                    rng=jax.random.key(0),
+                    batch_size=config.eval.batch_size,
+                    max_new=max_new,
+                )
+            )
+        return {**out, "teacher_greedy_accuracy": teacher_accuracy[0]}
 
     @jax.jit
     def sums(params, model_state, batch):
@@ -200,9 +291,12 @@ def make_evaluate(
                 part = lm_eval.evaluate_lm(logits_fn, [batch], divergence, q)
                 lm_parts.append((part, int(batch_sums["tokens"])))
         tokens = max(totals.pop("tokens"), 1.0)
-        return {
+        metrics = {
             **{k: v / tokens for k, v in totals.items()},
             **combine_lm_metrics(lm_parts),
         }
+        if source is not None:
+            metrics |= answer_accuracies(params, model_state)
+        return metrics
 
     return evaluate

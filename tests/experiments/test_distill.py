@@ -191,3 +191,106 @@ def test_per_batch_lm_metrics_combine_to_those_of_one_call():
     assert combined.keys() == whole.keys()
     for key, value in whole.items():
         np.testing.assert_allclose(combined[key], value, rtol=1e-5, err_msg=key)
+
+
+# Distillation on the SFT task: an SFT-run teacher, its instruction data, task accuracy.
+
+
+@pytest.fixture(scope="module")
+def sft_teacher(tmp_path_factory):
+    """A tiny SFT teacher: ``arithmetic_teacher.py`` on a byte-vocabulary base, 2 steps; returns
+    ``(base workdir, SFT workdir, SFT result row)``."""
+    from lmutil import save_pretrained
+
+    from experiments.distill.configs import arithmetic_teacher
+    from experiments.sft import main as sft_main
+
+    tmp = tmp_path_factory.mktemp("sft_teacher")
+    base = save_pretrained(tmp / "base", d_model=24, num_heads=2)
+    c = arithmetic_teacher.get_config()
+    c.base.workdir = str(base)
+    c.workdir = str(tmp / "sft")
+    c.results_csv = str(tmp / "sft.csv")
+    c.data.train_size, c.data.test_size = 200, 8
+    c.data.seq_len = 72  # Byte vocabulary: 67 prompt tokens, up to 2 answer tokens, eos.
+    c.optim.learning_rate, c.optim.warmup_steps = 1e-2, 1
+    c.train.batch_size, c.train.steps = 8, 2
+    c.train.log_every_steps = c.train.checkpoint_every_steps = 2
+    c.eval.batch_size = 8
+    row = sft_main.run(c)
+    return base, tmp / "sft", row
+
+
+def test_restore_model_reads_an_sft_run(sft_teacher):
+    """The SFT run's fine-tuned parameters, in the architecture of its base pre-training run."""
+    from experiments.common import lm
+
+    base_workdir, sft_workdir, _ = sft_teacher
+    tuned, tuned_config = lm.restore_model(sft_workdir)
+    base, base_config = lm.restore_model(base_workdir)
+    assert "model" not in tuned_config and tuned_config.name == "arithmetic_teacher"
+    assert lm.pretraining_config(tuned_config).to_dict() == base_config.to_dict()
+    inputs = jnp.arange(12, dtype=jnp.int32)[None]
+    assert tuned(inputs).shape == base(inputs).shape
+    assert float(jnp.abs(tuned(inputs) - base(inputs)).max()) > 1e-4  # Fine-tuned, not the base.
+
+
+@pytest.fixture
+def arithmetic_config(tmp_path, sft_teacher):
+    """``arithmetic.py`` on the tiny SFT teacher, the student from a tiny pre-trained model."""
+    from lmutil import model_config, save_pretrained
+
+    from experiments.distill.configs import arithmetic
+
+    c = arithmetic.get_config()
+    c.teacher.workdir = str(sft_teacher[1])
+    c.student_init.workdir = str(save_pretrained(tmp_path / "student_init", seed=1))
+    c.model = model_config()  # The student_init run's shape (d_model 16 < the teacher's 24).
+    c.workdir = str(tmp_path / "run")
+    c.results_csv = str(tmp_path / "results.csv")
+    c.data.seq_len = 72
+    c.train.batch_size, c.train.steps = 8, 3
+    c.train.log_every_steps = c.train.checkpoint_every_steps = 3
+    c.optim.warmup_steps = 1
+    c.eval.batch_size = 8
+    return c
+
+
+@pytest.mark.parametrize("q", ["uniform", "teacher"])
+def test_distill_on_the_sft_task_reports_task_accuracy(arithmetic_config, sft_teacher, q):
+    from experiments.common import results
+    from experiments.distill import main
+
+    arithmetic_config.loss.q = q
+    row = main.run(arithmetic_config)
+    rows = results.read_rows(arithmetic_config.results_csv)
+    assert len(rows) == 1 and rows[0]["config_name"] == "arithmetic"
+    assert rows[0]["data_kind"] == "instructions"
+    assert int(rows[0]["teacher_params"]) > int(rows[0]["student_params"])
+    for name in DISTILL_METRICS:
+        assert np.isfinite(float(rows[0][name])), name
+    for decoding in ("greedy", "softmax_greedy", "seen_greedy", "seen_softmax_greedy"):
+        assert 0 <= row[f"test_{decoding}_accuracy"] <= 1, decoding
+    # The teacher's greedy softmax answers on the same held-out problems as in its SFT run.
+    sft_row = sft_teacher[2]
+    assert row["test_teacher_greedy_accuracy"] == sft_row["test_softmax_greedy_accuracy"]
+    assert 0 <= row["test_agreement"] <= 1 and row["test_distill_loss"] >= -1e-6
+
+
+def test_distill_on_the_sft_task_errors_are_clear(arithmetic_config, teacher_workdir, tmp_path):
+    from lmutil import save_pretrained
+
+    from experiments.common import config as config_lib
+    from experiments.distill import main
+
+    good_teacher = arithmetic_config.teacher.workdir
+    arithmetic_config.teacher.workdir = str(teacher_workdir)  # A pre-training run.
+    with pytest.raises(config_lib.ConfigError, match="needs a teacher fine-tuned by"):
+        main.run(arithmetic_config)
+    arithmetic_config.teacher.workdir = good_teacher
+    arithmetic_config.student_init.workdir = str(save_pretrained(tmp_path / "other", d_model=8))
+    with pytest.raises(config_lib.ConfigError, match=r"does not have the shapes of config\.model"):
+        main.run(arithmetic_config)
+    arithmetic_config.data.kind = "sft"
+    with pytest.raises(config_lib.ConfigError, match="expected one of text, instructions"):
+        main.run(arithmetic_config)

@@ -1,7 +1,8 @@
 """Every key of a distillation config, with its meaning; the configs beside it set values.
 
-Not a runnable config by itself: ``tiny.py`` is the default. The text (corpus and vocabulary)
-is the teacher's: it is read from the teacher's pre-training run, not set here.
+Not a runnable config by itself: ``tiny.py`` is the default, ``arithmetic.py`` the variant on
+the SFT task. The data (corpus or instruction task, and vocabulary) are the teacher's: they are
+read from the teacher's run (and its pre-training run), not set here.
 """
 
 import ml_collections
@@ -17,8 +18,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.distributed = False  # True on multi-host TPU pods / SLURM: jax.distributed.initialize().
 
     c.teacher = ml_collections.ConfigDict()
-    c.teacher.workdir = ""  # Workdir of the teacher's pre-training run.
+    c.teacher.workdir = ""  # Workdir of the teacher's pre-training run (SFT run: "instructions").
     c.teacher.step = 0  # Its checkpoint; 0: the latest.
+
+    c.student_init = ml_collections.ConfigDict()
+    # A pre-training run whose model (of config.model's shape) the student starts from; "": random.
+    c.student_init.workdir = ""
+    c.student_init.step = 0  # Its checkpoint; 0: the latest.
 
     c.model = ml_collections.ConfigDict()  # The student (experiments.common.transformer).
     c.model.num_layers = 1
@@ -30,7 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.tie_embeddings = True
     c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16.
 
-    c.data = ml_collections.ConfigDict()  # The teacher's text data (corpus, vocabulary), with:
+    c.data = ml_collections.ConfigDict()  # The teacher's data and vocabulary, with:
+    # text: the teacher's pre-training corpus; instructions: the SFT task of the teacher's SFT
+    # run (its problems and split; loss on the response tokens, the prompt masked).
+    c.data.kind = "text"
     c.data.seq_len = 128  # Tokens per training sequence.
     c.data.cache_dir = ""  # Token cache (empty: the teacher's setting).
 
@@ -64,4 +73,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 32  # Validation sequences per batch.
     c.eval.max_batches = 8  # Validation batches evaluated (0: the whole validation split).
+    # Instructions: tokens generated per answer; 0: the longest test answer + eos.
+    c.eval.max_new_tokens = 0
     return c

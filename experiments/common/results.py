@@ -58,19 +58,41 @@ def write_row(path: str | Path, row: dict[str, Any]) -> None:
     with _lock(path):
         rows = [r for r in read_rows(path) if any(r[k] != new[k] for k in KEY)]
         rows.append(new)
-        columns = _columns(rows)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.DictWriter(f, columns, restval="")
-                writer.writeheader()
-                writer.writerows(rows)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_table(path, rows, _columns(rows))
+
+
+def replace_run_rows(path: str | Path, run_key: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Replaces every row of the run ``run_key`` (its ``KEY`` columns) in the table at ``path``
+    by ``rows`` (e.g. a run's validation curve, one row per step), atomically and under the
+    table's lock: a crash leaves the old table or the new one, never half of a run's rows.
+    Columns keep their order of first appearance."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = tuple(_cell(run_key[k]) for k in KEY)
+    new = [{k: _cell(v) for k, v in row.items()} for row in rows]
+    with _lock(path):
+        kept = [r for r in read_rows(path) if tuple(r[k] for k in KEY) != key]
+        all_rows = kept + new
+        columns: dict[str, None] = {}
+        for row in all_rows:
+            columns.update((k, None) for k in row)
+        _write_table(path, all_rows, list(columns))
+
+
+def _write_table(path: Path, rows: list[dict[str, str]], columns: list[str]) -> None:
+    """Writes a temporary file beside ``path``, syncs it and renames it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _cell(value: Any) -> str:

@@ -163,14 +163,16 @@ def train(
             rate, eta = throughput.update(step)
             log.info(progress.format_line(step, total_steps, means, rate, eta))
             writer.write(step, "train", {**means, "examples_per_s": rate})
-        if save_now:
-            elapsed = train_time_s + time.perf_counter() - began
-            checkpointer.save(step, state, {"train_time_s": elapsed})
-            last_saved = step
+        # Evaluate before saving: a run killed during the evaluation resumes from the previous
+        # checkpoint and evaluates this step again, instead of skipping it for good.
         if eval_fn is not None and eval_every and step % eval_every == 0 and step < total_steps:
             test_metrics = eval_fn(state)
             log.info("step %d test %s", step, test_metrics)
             writer.write(step, "test", test_metrics)
+        if save_now:
+            elapsed = train_time_s + time.perf_counter() - began
+            checkpointer.save(step, state, {"train_time_s": elapsed})
+            last_saved = step
     return TrainResult(state, train_time_s + time.perf_counter() - began)
 
 

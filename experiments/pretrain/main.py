@@ -194,7 +194,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     if jax.process_index() == 0:
         results.write_row(config.results_csv, row)
         curve = task.curve_rows(writer.path, run_cols, row["git_commit"])
-        task.write_curves(config.curves_csv, run_cols, curve)
+        results.replace_run_rows(config.curves_csv, run_cols, curve)
         log.info(
             "result row written to %s, %d validation rows to %s",
             config.results_csv,

@@ -3,16 +3,12 @@ with ``lm_eval.evaluate_lm``, the greedy sample, and the validation-curve table.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import filelock
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,7 +18,7 @@ from jax.sharding import Mesh
 
 import fdiv
 from experiments.common import generate as generate_lib
-from experiments.common import lm_eval, results, sharding, text, trainer
+from experiments.common import lm_eval, sharding, text, trainer
 
 REFERENCE_MEASURES = ("uniform", "unit", "unigram")
 
@@ -146,30 +142,3 @@ def curve_rows(metrics_path: Path, run: dict[str, Any], commit: str) -> list[dic
         }
         for step, line in sorted(by_step.items())
     ]
-
-
-def write_curves(path: str | Path, run_key: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Replaces the rows of the run ``run_key`` (``results.KEY`` columns) in the curves table at
-    ``path`` by ``rows``, atomically and under the table's lock, as ``results.write_row`` does
-    for one row: a crash leaves the old table or the new one, never half of a run's rows."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = tuple(str(run_key[k]) for k in results.KEY)
-    with filelock.FileLock(path.with_name(f".{path.name}.lock")):
-        kept = [r for r in results.read_rows(path) if tuple(r[k] for k in results.KEY) != key]
-        all_rows = kept + rows  # csv writes floats exactly (shortest repr) and None as "".
-        columns: dict[str, None] = {}
-        for row in all_rows:
-            columns.update((k, None) for k in row)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.DictWriter(f, list(columns), restval="")
-                writer.writeheader()
-                writer.writerows(all_rows)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

@@ -1,5 +1,6 @@
 """Unit tests of the shared experiment machinery (experiments/common)."""
 
+import json
 import subprocess
 import sys
 
@@ -253,3 +254,59 @@ def test_tfds_sources_on_mock_data(monkeypatch, tmp_path):
     assert source.num_classes == 1000
     assert isinstance(cifar, data.ArraySource) and cifar.image_shape == (32, 32, 3)
     assert cifar.train_labels.shape == (10,) and cifar.num_classes == 100
+
+
+def test_a_run_killed_during_an_evaluation_evaluates_that_step_again(tmp_path):
+    """Evaluation comes before the checkpoint of its step, so a kill during it loses no point."""
+    mesh = sharding.make_mesh()
+    tx = optax.sgd(0.1)
+    train_cfg = ml_collections.ConfigDict(
+        {
+            "steps": 6,
+            "log_every_steps": 2,
+            "checkpoint_every_steps": 2,
+            "keep_checkpoints": 5,
+            "stop_after_steps": 0,
+            "eval_every_steps": 2,
+        }
+    )
+
+    def loss_fn(params, model_state, batch, rng):
+        return jnp.mean((batch["x"] @ params["w"] - 1.0) ** 2), (model_state, {})
+
+    def batches(start):
+        for _ in range(start, 100):
+            yield {"x": np.ones((4, 3), np.float32)}
+
+    class KilledError(Exception):
+        pass
+
+    calls = []
+
+    def evaluate(state):
+        calls.append(int(state.step))
+        if len(calls) == 2:  # the evaluation at step 4, the first time
+            raise KilledError
+        return {"w0": float(state.params["w"][0])}
+
+    def run():
+        state = trainer.create_state({"w": jnp.zeros(3)}, {}, tx, jax.random.key(0))
+        return trainer.resume_and_train(
+            sharding.replicate(state, mesh),
+            trainer.make_train_step(loss_fn, tx, optax.constant_schedule(0.1), mesh),
+            batches,
+            workdir=tmp_path,
+            mesh=mesh,
+            train_cfg=train_cfg,
+            examples_per_step=4,
+            eval_fn=evaluate,
+        )
+
+    with pytest.raises(KilledError):
+        run()
+    result, _ = run()
+    assert calls == [2, 4, 4]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    tested = [x for x in map(json.loads, lines) if x["split"] == "test"]
+    assert [x["step"] for x in tested] == [2, 4]
+    assert int(result.state.step) == 6

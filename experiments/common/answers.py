@@ -38,12 +38,15 @@ GREEDY_DECODINGS = tuple(d for d in DECODINGS if d[3])
 
 @dataclasses.dataclass(frozen=True)
 class Decoder:
-    """How to pick tokens: ``logits_fn(inputs_BxT) -> logits_BxTxV`` (jit'd) and the operator
-    applied to them (``divergence`` None: softmax)."""
+    """How to pick tokens: ``logits_fn(inputs_BxT) -> logits_BxTxV`` (jit'd), the operator
+    applied to them (``divergence`` None: softmax) and the model's longest sequence ``max_len``
+    (``Transformer.max_len``; None: no limit), past which a prompt and its answer are cut, so a
+    learned position table is never read out of range."""
 
     logits_fn: Callable[[Array], Array]
     divergence: str | None = None
     q: str | None = None
+    max_len: int | None = None
 
 
 def log_probs(p: Array) -> Array:
@@ -52,8 +55,10 @@ def log_probs(p: Array) -> Array:
 
 
 def max_new_tokens(source: instructions.InstructionSource, configured: int) -> int:
-    """``configured``, or (0) the longest test answer plus its eos."""
-    return configured or 1 + max(len(source.vocab.encode(p.answer)) for p in source.test_problems)
+    """``configured``, or (0) the longest answer plus its eos, over the test problems and the
+    seen training problems (both are decoded)."""
+    problems = [*source.test_problems, *source.seen_problems]
+    return configured or 1 + max(len(source.vocab.encode(p.answer)) for p in problems)
 
 
 def accuracy(
@@ -79,6 +84,7 @@ def accuracy(
             greedy=greedy,
             rng=jax.random.fold_in(rng, i),
             eos_id=source.vocab.eos_id,
+            max_len=decoder.max_len,
         )
         new_tokens = np.asarray(generated)[:, prompts.shape[1] :]
         for j, row in zip(indices, new_tokens, strict=True):
@@ -98,10 +104,11 @@ def accuracies(
     decodings: Iterable[tuple[str, str, bool, bool]] = DECODINGS,
 ) -> dict[str, float]:
     """``{<prefix>_accuracy: share correct}`` for each of ``decodings`` (see :data:`DECODINGS`):
-    with ``operator`` or with softmax of ``softmax_logits_fn``, on the test or the seen problems.
+    with ``operator`` or with softmax of ``softmax_logits_fn`` (the same model: its
+    ``max_len``), on the test or the seen problems.
     Sampling uses ``seed`` (the same key for every decoding)."""
     rng = jax.random.key(seed)
-    softmax = Decoder(softmax_logits_fn)
+    softmax = Decoder(softmax_logits_fn, max_len=operator.max_len)
     out = {}
     for name, split, use_operator, greedy in decodings:
         problems = source.test_problems if split == "test" else source.seen_problems

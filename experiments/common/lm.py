@@ -69,10 +69,13 @@ def pretraining_config(config: ml_collections.ConfigDict) -> ml_collections.Conf
 
 def restore_model(
     workdir: str | Path, *, step: int | None = None
-) -> tuple[transformer.Transformer, ml_collections.ConfigDict]:
+) -> tuple[transformer.Transformer, ml_collections.ConfigDict, int]:
     """The Transformer of a pre-training or SFT run, with the parameters of its latest checkpoint
-    (or of ``step``), and the run's own config (:func:`pretraining_config` gives the
-    architecture's and vocabulary's).
+    (or of ``step``), the run's own config (:func:`pretraining_config` gives the
+    architecture's and vocabulary's) and the step of the checkpoint read (for the result rows).
+
+    Without ``step``, an unfinished run (latest checkpoint below its recorded ``train.steps``)
+    is refused: starting from a half-trained model by accident would silently change a result.
 
     The vocabulary size is read from the checkpoint (the embedding's shape), so no corpus is
     needed. Raises :class:`ModelRestoreError` when the workdir, its config or its checkpoints
@@ -95,7 +98,14 @@ def restore_model(
             raise ModelRestoreError(
                 f"no checkpoint in {workdir / 'checkpoints'}: the run saved none yet."
             )
-        step = max(steps) if step is None else step
+        if step is None:
+            step = max(steps)
+            planned = config.get("train", {}).get("steps")
+            if planned is not None and step < planned:
+                raise ModelRestoreError(
+                    f"{workdir}: run unfinished: latest checkpoint step {step} of {planned}; "
+                    "finish it first (rerun its command) or ask for that step explicitly."
+                )
         if step not in steps:
             raise ModelRestoreError(f"no checkpoint of step {step} in {workdir}; it has {steps}")
         saved = manager.item_metadata(step)["state"].tree["params"]
@@ -133,4 +143,4 @@ def restore_model(
         )
     finally:
         manager.close()
-    return nnx.merge(graphdef, restored.state["params"], rest), config
+    return nnx.merge(graphdef, restored.state["params"], rest), config, step

@@ -9,7 +9,10 @@ to the one-hot target, the sparsemax score and the support size.
 
 Per batch, one jit'd function turns the logits into per-metric sums over the unmasked tokens;
 those sums stay on the device (no synchronisation per batch) and are fetched once at the end,
-then added in float64 on the host, so the means are exact whatever the number of batches.
+then added in float64 on the host: each batch's sums are float32, the sums across batches
+float64, so the means do not drift with the number of batches (they are not exact: a batch's
+own float32 sum rounds). :func:`combine_lm_metrics` merges the results of several calls (one
+per batch when the reference measure changes from batch to batch).
 """
 
 from __future__ import annotations
@@ -141,3 +144,24 @@ def evaluate_lm(
     result = {**operator, **{f"softmax_{k}": v for k, v in softmax.items()}}
     result["softmax_perplexity"] = float(np.exp(result["softmax_loss"]))
     return result
+
+
+def combine_lm_metrics(parts: Iterable[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """Metrics of several :func:`evaluate_lm` calls ``(metrics, unmasked tokens)`` as one call on
+    all their tokens: token-weighted means, and for perplexities (exponentials of means) the
+    token-weighted geometric mean.
+
+    Raises:
+      ValueError: if no part holds a token.
+    """
+    parts = [(m, n) for m, n in parts if n]
+    if not parts:
+        raise ValueError("combine_lm_metrics: no batch holds an unmasked token")
+    total = sum(n for _, n in parts)
+    out = {}
+    for key in parts[0][0]:
+        if "perplexity" in key:
+            out[key] = float(np.exp(sum(n * np.log(m[key]) for m, n in parts) / total))
+        else:
+            out[key] = float(sum(n * m[key] for m, n in parts) / total)
+    return out

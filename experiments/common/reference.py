@@ -3,9 +3,9 @@ teacher targets (and ``q = "teacher"``) of distillation.
 
 The distribution is the softmax of the frozen model's logits at a temperature ``T``; the default
 base and teacher are pre-trained with the KL loss, whose operator is exactly this softmax. For
-large vocabularies it can be cut to the ``k`` most likely tokens and renormalised, either dense
-(``[N, V]``, zeros off the top k) or as the top-k pair ``(indices [N, K], values [N, K])`` that
-``fdiv.fused_linear_fdiv_loss`` takes as targets without a dense ``[N, V]`` array.
+large vocabularies it can be cut to the ``k`` most likely tokens and renormalised, as the top-k
+pair ``(indices [N, K], values [N, K])`` that ``fdiv.fused_linear_fdiv_loss`` takes as targets
+without a dense ``[N, V]`` array.
 """
 
 from __future__ import annotations
@@ -48,13 +48,9 @@ def top_k_distribution(
     return indices, jax.nn.softmax(top_logits, axis=-1)
 
 
-def token_distribution(logits_NxV: Array, *, temperature: float = 1.0, top_k: int = 0) -> Array:
-    """The dense ``[N, V]`` distribution: ``softmax(logits / T)``, or (``top_k > 0``) its top-k
-    renormalised with zeros elsewhere. A constant: no gradient flows to the frozen model."""
-    _check(temperature, top_k, logits_NxV.shape[-1])
-    if top_k == 0:
-        logits = jax.lax.stop_gradient(logits_NxV).astype(jnp.float32)
-        return jax.nn.softmax(logits / temperature, axis=-1)
-    indices, values = top_k_distribution(logits_NxV, top_k, temperature=temperature)
-    rows = jnp.arange(logits_NxV.shape[0])[:, None]
-    return jnp.zeros(logits_NxV.shape, jnp.float32).at[rows, indices].set(values)
+def token_distribution(logits_NxV: Array, *, temperature: float = 1.0) -> Array:
+    """The dense ``[N, V]`` distribution ``softmax(logits / T)`` (float32). A constant: no
+    gradient flows to the frozen model."""
+    _check(temperature, 0, logits_NxV.shape[-1])
+    logits = jax.lax.stop_gradient(logits_NxV).astype(jnp.float32)
+    return jax.nn.softmax(logits / temperature, axis=-1)

@@ -106,7 +106,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     workdir = Path(config.workdir or f"runs/{EXPERIMENT}/{config.name}/{run_name}")
     config_lib.check_resumable(workdir, config, RESUMABLE_CHANGES)
 
-    teacher, teacher_config = lm.restore_model(
+    teacher, teacher_config, teacher_step = lm.restore_model(
         config.teacher.workdir, step=config.teacher.step or None
     )
     teacher_pretraining = lm.pretraining_config(teacher_config)
@@ -119,8 +119,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     source = task.make_source(config, teacher_config, teacher_pretraining)
     vocab_size = teacher.output_weight().shape[-1]
     student = transformer.Transformer(config.model, vocab_size, rngs=nnx.Rngs(config.seed))
+    student_init_step = None
     if config.student_init.workdir:
-        student = _initial_student(student, config.student_init)
+        student, student_init_step = _initial_student(student, config)
     config_lib.record(workdir, config)
     mesh = sharding.make_mesh()
     log.info(
@@ -186,7 +187,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         "temperature": config.distill.temperature,
         "data_kind": config.data.kind,
         "teacher_workdir": config.teacher.workdir,
+        "teacher_step": teacher_step,
         "student_init_workdir": config.student_init.workdir,
+        "student_init_step": student_init_step,
         "teacher_params": transformer.num_params(teacher),
         "student_params": transformer.num_params(student),
         "wall_time_s": round(result.train_time_s + eval_time_s, 2),
@@ -199,12 +202,24 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
 
 
 def _initial_student(
-    student: transformer.Transformer, init_cfg: ml_collections.ConfigDict
-) -> transformer.Transformer:
-    """The model of the run in ``init_cfg.workdir`` (e.g. a pre-training run) as the student's
-    starting point; a :class:`config_lib.ConfigError` unless its parameter shapes, vocabulary
-    included, are those of ``student`` (built from ``config.model``)."""
-    initial, _ = lm.restore_model(init_cfg.workdir, step=init_cfg.step or None)
+    student: transformer.Transformer, config: ml_collections.ConfigDict
+) -> tuple[transformer.Transformer, int]:
+    """The model of the run in ``config.student_init.workdir`` (e.g. a pre-training run) as the
+    student's starting point, and the step of its checkpoint; a :class:`config_lib.ConfigError`
+    unless its model config is ``config.model`` (dtype, positions...: not only the shapes) and
+    its parameter shapes, vocabulary included, are those of ``student`` (built from
+    ``config.model``)."""
+    init_cfg = config.student_init
+    initial, initial_config, step = lm.restore_model(init_cfg.workdir, step=init_cfg.step or None)
+    want_cfg = config.model.to_dict()
+    have_cfg = lm.pretraining_config(initial_config).model.to_dict()
+    if want_cfg != have_cfg:
+        keys = want_cfg.keys() | have_cfg.keys()
+        key = sorted(k for k in keys if want_cfg.get(k) != have_cfg.get(k))[0]
+        raise config_lib.ConfigError(
+            f"config.student_init.workdir = {init_cfg.workdir}: its model config differs from "
+            f"config.model at {key!r}: {have_cfg.get(key)!r} vs {want_cfg.get(key)!r}"
+        )
 
     def shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
         flat = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
@@ -218,7 +233,7 @@ def _initial_student(
             f"shapes of config.model and the teacher's vocabulary ({differ[0]}: "
             f"{have.get(differ[0])} vs {want.get(differ[0])})"
         )
-    return initial
+    return initial, step
 
 
 def main(argv: list[str], config: ml_collections.ConfigDict) -> None:

@@ -156,21 +156,6 @@ def make_loss_fn(
     return loss_fn
 
 
-def combine_lm_metrics(parts: Iterable[tuple[dict[str, float], int]]) -> dict[str, float]:
-    """Metrics of several ``evaluate_lm`` calls ``(metrics, unmasked tokens)`` as one call on all
-    their tokens: token-weighted means, and for perplexities (exponentials of means) the
-    token-weighted geometric mean."""
-    parts = [(m, n) for m, n in parts if n]
-    total = sum(n for _, n in parts)
-    out = {}
-    for key in parts[0][0]:
-        if "perplexity" in key:
-            out[key] = float(np.exp(sum(n * np.log(m[key]) for m, n in parts) / total))
-        else:
-            out[key] = float(sum(n * m[key] for m, n in parts) / total)
-    return out
-
-
 def make_evaluate(
     graphdef: nnx.GraphDef,
     config: ml_collections.ConfigDict,
@@ -188,13 +173,18 @@ def make_evaluate(
     problems and on as many seen training problems) and, for comparison, that of the teacher's
     greedy answers from its softmax (the distillation target) on the test problems,
     ``teacher_greedy_accuracy``. With ``q = "teacher"`` the operator's answers are decoded
-    through ``answers.log_probs`` (its reference measure depends on the tokens)."""
+    through ``answers.log_probs`` (its reference measure depends on the tokens).
+
+    The student's logits are divided by ``distill.temperature`` throughout, as in training (the
+    fused head's temperature): the evaluated and decoded operator is the trained one."""
     d, divergence, q_name = config.distill, config.loss.divergence, config.loss.q
     teacher_accuracy: list[float] = []  # Computed at the first evaluation: the teacher is frozen.
 
     @jax.jit
     def student_logits(params, model_state, inputs):
-        return nnx.merge(graphdef, params, model_state["model"])(inputs)
+        # Divided by the temperature, as in training (the loss fuses it into the output layer):
+        # the evaluated and decoded operator is the trained one, f_softargmax(logits / T).
+        return nnx.merge(graphdef, params, model_state["model"])(inputs) / d.temperature
 
     @jax.jit
     def teacher_q(model_state, inputs):
@@ -216,10 +206,13 @@ def make_evaluate(
         def logits_fn(inputs):
             return student_logits(params, model_state, inputs)
 
+        max_len = nnx.merge(graphdef, params, model_state["model"]).max_len
         if q_name == "teacher":
-            operator = answers.Decoder(lambda x: operator_log_probs(params, model_state, x))
+            operator = answers.Decoder(
+                lambda x: operator_log_probs(params, model_state, x), max_len=max_len
+            )
         else:
-            operator = answers.Decoder(logits_fn, divergence, q_name)
+            operator = answers.Decoder(logits_fn, divergence, q_name, max_len)
         max_new = answers.max_new_tokens(source, config.eval.max_new_tokens)
         out = answers.accuracies(
             operator,
@@ -231,7 +224,10 @@ def make_evaluate(
             decodings=answers.GREEDY_DECODINGS,
         )
         if not teacher_accuracy:
-            teacher = answers.Decoder(lambda x: teacher_logits(model_state, x))
+            teacher = answers.Decoder(
+                lambda x: teacher_logits(model_state, x),
+                max_len=nnx.merge(teacher_graphdef, model_state["teacher"]).max_len,
+            )
             teacher_accuracy.append(
                 answers.accuracy(
                     teacher,
@@ -262,7 +258,7 @@ def make_evaluate(
             temperature=d.temperature,
             reduction="sum",
         )
-        logits = student(batch["inputs"]).reshape(flat_teacher.shape)
+        logits = student(batch["inputs"]).reshape(flat_teacher.shape) / d.temperature
         _, q_arg = targets_and_q(flat_teacher, q_name, top_k=d.top_k, temperature=d.temperature)
         p = fdiv.f_softargmax(logits, divergence, q=q_arg)
         top = flat_teacher.argmax(-1)
@@ -293,7 +289,7 @@ def make_evaluate(
         tokens = max(totals.pop("tokens"), 1.0)
         metrics = {
             **{k: v / tokens for k, v in totals.items()},
-            **combine_lm_metrics(lm_parts),
+            **lm_eval.combine_lm_metrics(lm_parts),
         }
         if source is not None:
             metrics |= answer_accuracies(params, model_state)

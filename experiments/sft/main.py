@@ -87,7 +87,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     workdir = Path(config.workdir or f"runs/{EXPERIMENT}/{config.name}/{run_name}")
     config_lib.check_resumable(workdir, config, RESUMABLE_CHANGES)
 
-    base, base_config = lm.restore_model(config.base.workdir, step=config.base.step or None)
+    base, base_config, base_step = lm.restore_model(
+        config.base.workdir, step=config.base.step or None
+    )
     if base_config.model.max_len < config.data.seq_len:
         raise config_lib.ConfigError(
             f"config.data.seq_len = {config.data.seq_len} exceeds the base model's max_len "
@@ -163,6 +165,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         "train_loss": train_last.get("loss"),
         "train_examples_per_s": train_last.get("examples_per_s"),
         "base_workdir": config.base.workdir,
+        "base_step": base_step,
         "base_divergence": base_config.loss.divergence,
         "wall_time_s": round(result.train_time_s + eval_time_s, 2),
         **results.provenance(config_lib.to_json(config)),

@@ -118,18 +118,28 @@ def make_evaluate(
         def logits_fn(inputs):
             return logits(params, model_state, inputs)
 
+        max_len = nnx.merge(graphdef, params, model_state["model"]).max_len
         if q_name == "base":
-            # The whole test split is one batch so that its per-token q is one array.
-            batch = next(source.validation_batches(len(source.test_problems)))
-            metrics = lm_eval.evaluate_lm(
-                logits_fn, [batch], divergence, base_q(model_state, batch["inputs"])
+            # One evaluate_lm call per batch: its per-token q is that batch's.
+            parts = [
+                (
+                    lm_eval.evaluate_lm(
+                        logits_fn, [batch], divergence, base_q(model_state, batch["inputs"])
+                    ),
+                    int(batch["mask"].sum()),
+                )
+                for batch in source.validation_batches(config.eval.batch_size)
+                if batch["mask"].any()
+            ]
+            metrics = lm_eval.combine_lm_metrics(parts)
+            operator = answers.Decoder(
+                lambda x: operator_log_probs(params, model_state, x), max_len=max_len
             )
-            operator = answers.Decoder(lambda x: operator_log_probs(params, model_state, x))
         else:
             metrics = lm_eval.evaluate_lm(
                 logits_fn, source.validation_batches(config.eval.batch_size), divergence, q_name
             )
-            operator = answers.Decoder(logits_fn, divergence, q_name)
+            operator = answers.Decoder(logits_fn, divergence, q_name, max_len)
         metrics |= answers.accuracies(
             operator,
             logits_fn,

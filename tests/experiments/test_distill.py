@@ -84,14 +84,11 @@ def test_teacher_targets_softmax_and_top_k():
     indices, values = reference.top_k_distribution(logits, 4, temperature=2.0)
     np.testing.assert_allclose(values.sum(-1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(indices, jnp.argsort(-logits, axis=-1)[:, :4])
-    dense = reference.token_distribution(logits, temperature=2.0, top_k=4)
-    assert int((dense > 0).sum(-1).max()) == 4
-    np.testing.assert_allclose(jnp.take_along_axis(dense, indices, -1), values, rtol=1e-6)
     # Within the kept tokens, the ratios are the teacher's.
     ratio = jnp.take_along_axis(full, indices, -1) / values
     np.testing.assert_allclose(ratio, ratio[:, :1] * jnp.ones_like(ratio), rtol=1e-5)
     with pytest.raises(ValueError, match="top_k must be in"):
-        reference.token_distribution(logits, top_k=V + 1)
+        reference.top_k_distribution(logits, V + 1)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         reference.token_distribution(logits, temperature=0.0)
 
@@ -144,6 +141,7 @@ def test_distill_run_writes_one_row(distill_config, q, top_k):
     assert len(rows) == 1 and rows[0]["run_name"] == f"alpha1.5-{q}-seed0"
     assert rows[0]["experiment"] == "distill" and rows[0]["top_k"] == str(top_k)
     assert int(rows[0]["teacher_params"]) > int(rows[0]["student_params"])
+    assert row["teacher_step"] == 1 and row["student_init_step"] is None
     for name in DISTILL_METRICS:
         assert np.isfinite(float(rows[0][name])), name
     assert 0 <= row["test_agreement"] <= 1 and row["test_distill_loss"] >= -1e-6
@@ -164,6 +162,44 @@ def test_distill_errors_are_clear(distill_config, tmp_path):
     distill_config.data.seq_len = 64
     with pytest.raises(config_lib.ConfigError, match=r"exceeds model\.max_len 32"):
         main.run(distill_config)
+
+
+def test_evaluation_uses_the_trained_operator_of_logits_over_the_temperature(
+    distill_config, teacher_workdir
+):
+    """Training fuses 1/T into the student's head, so evaluation must score (and decode)
+    f_softargmax(logits / T), not f_softargmax(logits)."""
+    import optax
+    from flax import nnx
+
+    from experiments.common import lm, lm_eval, trainer, transformer
+
+    teacher, _, _ = lm.restore_model(teacher_workdir)
+    vocab_size = teacher.output_weight().shape[-1]
+    student = transformer.Transformer(distill_config.model, vocab_size, rngs=nnx.Rngs(1))
+    graphdef, params, rest = nnx.split(student, nnx.Param, ...)
+    state = trainer.create_state(
+        params, task.initial_model_state(rest, teacher), optax.sgd(0.1), jax.random.key(0)
+    )
+    inputs = np.random.default_rng(0).integers(0, vocab_size, (2, 12)).astype(np.int32)
+    batch = {"inputs": inputs, "targets": np.roll(inputs, -1, 1), "mask": np.ones((2, 12), bool)}
+
+    def evaluate(temperature):
+        distill_config.distill.temperature = temperature
+        return task.make_evaluate(graphdef, distill_config, nnx.graphdef(teacher), lambda: [batch])(
+            state
+        )
+
+    divergence = distill_config.loss.divergence
+    at_two = evaluate(2.0)
+    want = lm_eval.evaluate_lm(lambda x: student(x) / 2.0, [batch], divergence, "uniform")
+    for key, value in want.items():
+        np.testing.assert_allclose(at_two[key], value, rtol=1e-5, err_msg=key)
+    p = fdiv.f_softargmax(student(inputs) / 2.0, divergence, q="uniform")
+    top = teacher(inputs).argmax(-1)
+    np.testing.assert_allclose(at_two["agreement"], float(jnp.mean(p.argmax(-1) == top)))
+    # The temperature does change the evaluated operator: the test can fail.
+    assert evaluate(1.0)["loss"] != at_two["loss"]
 
 
 def test_per_batch_lm_metrics_combine_to_those_of_one_call():
@@ -187,10 +223,12 @@ def test_per_batch_lm_metrics_combine_to_those_of_one_call():
         (lm_eval.evaluate_lm(logits_fn, [b], "alpha:1.5", "unit"), int(b["mask"].sum()))
         for b in batches
     ]
-    combined = task.combine_lm_metrics(parts)
+    combined = lm_eval.combine_lm_metrics(parts)
     assert combined.keys() == whole.keys()
     for key, value in whole.items():
         np.testing.assert_allclose(combined[key], value, rtol=1e-5, err_msg=key)
+    with pytest.raises(ValueError, match="no batch holds an unmasked token"):
+        lm_eval.combine_lm_metrics([(parts[0][0], 0)])
 
 
 # Distillation on the SFT task: an SFT-run teacher, its instruction data, task accuracy.
@@ -226,8 +264,9 @@ def test_restore_model_reads_an_sft_run(sft_teacher):
     from experiments.common import lm
 
     base_workdir, sft_workdir, _ = sft_teacher
-    tuned, tuned_config = lm.restore_model(sft_workdir)
-    base, base_config = lm.restore_model(base_workdir)
+    tuned, tuned_config, tuned_step = lm.restore_model(sft_workdir)
+    base, base_config, base_step = lm.restore_model(base_workdir)
+    assert (tuned_step, base_step) == (2, 1)
     assert "model" not in tuned_config and tuned_config.name == "arithmetic_teacher"
     assert lm.pretraining_config(tuned_config).to_dict() == base_config.to_dict()
     inputs = jnp.arange(12, dtype=jnp.int32)[None]
@@ -266,6 +305,7 @@ def test_distill_on_the_sft_task_reports_task_accuracy(arithmetic_config, sft_te
     rows = results.read_rows(arithmetic_config.results_csv)
     assert len(rows) == 1 and rows[0]["config_name"] == "arithmetic"
     assert rows[0]["data_kind"] == "instructions"
+    assert (row["teacher_step"], row["student_init_step"]) == (2, 1)
     assert int(rows[0]["teacher_params"]) > int(rows[0]["student_params"])
     for name in DISTILL_METRICS:
         assert np.isfinite(float(rows[0][name])), name
@@ -289,7 +329,13 @@ def test_distill_on_the_sft_task_errors_are_clear(arithmetic_config, teacher_wor
         main.run(arithmetic_config)
     arithmetic_config.teacher.workdir = good_teacher
     arithmetic_config.student_init.workdir = str(save_pretrained(tmp_path / "other", d_model=8))
-    with pytest.raises(config_lib.ConfigError, match=r"does not have the shapes of config\.model"):
+    with pytest.raises(config_lib.ConfigError, match=r"differs from config\.model at 'd_model'"):
+        main.run(arithmetic_config)
+    # Same parameter shapes, another model config: refused too (not built from the init's).
+    arithmetic_config.student_init.workdir = str(
+        save_pretrained(tmp_path / "bf16", dtype="bfloat16")
+    )
+    with pytest.raises(config_lib.ConfigError, match=r"differs from config\.model at 'dtype'"):
         main.run(arithmetic_config)
     arithmetic_config.data.kind = "sft"
     with pytest.raises(config_lib.ConfigError, match="expected one of text, instructions"):

@@ -103,6 +103,39 @@ def test_answer_checking_is_exact_match(source):
     assert not instructions.answer_matches("", "0")
 
 
+def test_answer_decoding_fits_the_seen_answers_and_the_model_length(source):
+    import copy
+
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.common import answers
+
+    longest = 1 + max(len(source.vocab.encode(p.answer)) for p in source.test_problems)
+    assert answers.max_new_tokens(source, 0) >= longest
+    assert answers.max_new_tokens(source, 5) == 5
+    # A seen (training) answer longer than every test answer: its tokens must fit too.
+    longer = copy.copy(source)
+    longer.seen_problems = [instructions.Problem("1 + 2 =", "1" * (longest + 3))]
+    assert answers.max_new_tokens(longer, 0) == longest + 4
+
+    problems = source.test_problems[:4]
+    prompt_len = max(prompts.shape[1] for _, prompts in source.prompt_groups(2, problems))
+    lengths = []
+
+    def logits_fn(inputs):
+        lengths.append(inputs.shape[1])
+        return jnp.zeros((*inputs.shape, source.vocab.vocab_size))
+
+    decoder = answers.Decoder(logits_fn, max_len=prompt_len + 1)
+    kwargs = {"greedy": True, "rng": jax.random.key(0), "batch_size": 2, "max_new": 8}
+    answers.accuracy(decoder, source, problems, **kwargs)
+    assert lengths and max(lengths) == prompt_len + 1  # Cut at max_len, not prompt + 8.
+    lengths.clear()
+    answers.accuracy(answers.Decoder(logits_fn), source, problems, **kwargs)
+    assert max(lengths) == prompt_len + 8
+
+
 def test_bad_data_configs_are_clear_errors():
     with pytest.raises(ValueError, match="more than seq_len"):
         instructions.InstructionSource(_data_cfg(seq_len=20), seqio.ByteVocabulary())
@@ -215,6 +248,7 @@ def test_sft_run_resumes_to_the_same_result_and_writes_one_row(sft_config, tmp_p
     assert len(rows) == 1 and rows[0]["run_name"] == "alpha1.5-uniform-seed0"
     assert rows[0]["experiment"] == "sft" and rows[0]["steps"] == "4"
     assert rows[0]["base_workdir"] == sft_config.base.workdir
+    assert rows[0]["base_step"] == "1"
     for name in SFT_METRICS:
         value = float(rows[0][name])
         assert np.isfinite(value), name
@@ -236,6 +270,13 @@ def test_sft_with_the_base_model_as_reference_measure(sft_config):
     row = main.run(sft_config)
     assert row["reference_measure"] == "base" and row["run_name"] == "chi2-base-seed0"
     assert all(np.isfinite(row[name]) for name in SFT_METRICS)
+    # Re-evaluated in batches of eval.batch_size (here 3 batches of the 8 test problems, the
+    # last one short): the LM metrics combine to those of the whole split in one batch.
+    sft_config.eval.batch_size = 3
+    batched = main.run(sft_config)
+    for name in SFT_METRICS:
+        if "accuracy" not in name or name in ("test_accuracy", "test_softmax_accuracy"):
+            np.testing.assert_allclose(batched[name], row[name], rtol=1e-5, err_msg=name)
 
 
 def test_sft_errors_are_clear(sft_config, tmp_path):

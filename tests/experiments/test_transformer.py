@@ -132,7 +132,8 @@ def test_restore_model_gives_back_the_saved_model(tmp_path):
     config = _config(positions="learned", tie_embeddings=False)
     model = transformer.Transformer(config.model, VOCAB, rngs=nnx.Rngs(3))
     _save_run(tmp_path, config, model)
-    restored, restored_config = lm.restore_model(tmp_path)
+    restored, restored_config, step = lm.restore_model(tmp_path)
+    assert step == 7
     assert restored_config.model.to_dict() == config.model.to_dict()
     inputs = jnp.arange(10)[None] % VOCAB
     np.testing.assert_array_equal(restored(inputs), model(inputs))
@@ -150,3 +151,16 @@ def test_restore_model_errors(tmp_path):
     config_lib.record(tmp_path, config)
     with pytest.raises(lm.ModelRestoreError, match=r"does not match its config.model.*\(32, 96\)"):
         lm.restore_model(tmp_path)
+
+
+def test_restore_model_refuses_an_unfinished_run_unless_its_step_is_asked(tmp_path):
+    config = _config()
+    config.train = ml_collections.ConfigDict({"steps": 10})
+    model = transformer.Transformer(config.model, VOCAB, rngs=nnx.Rngs(0))
+    _save_run(tmp_path, config, model)  # Its checkpoint is step 7.
+    with pytest.raises(lm.ModelRestoreError, match="unfinished: latest checkpoint step 7 of 10"):
+        lm.restore_model(tmp_path)
+    assert lm.restore_model(tmp_path, step=7)[2] == 7
+    config.train.steps = 7
+    config_lib.record(tmp_path, config)
+    assert lm.restore_model(tmp_path)[2] == 7

@@ -257,6 +257,28 @@ def test_logits_of_1e9_match_unfused(divergence, q, form, problem, rng):
     _assert_same(fused, unfused, **tol)
 
 
+def test_reverse_kl_with_the_target_as_reference_matches_unfused(problem, rng):
+    """Distillation with ``q = y`` = a peaked teacher softmax (many classes underflow to 0):
+    where the student's top class has a tiny ``q_j``, the reverse-KL root lies within ~q_j of
+    that logit. A fused head that solved for τ itself and added the anchor back (``τ + 1``)
+    rounded ``θ_j − t`` to 0 there: ``f*_rel = −log 0 = +∞`` in the loss of 10 of these 13 tokens
+    (the distillation run's "non-finite training loss (inf)"). The anchored root in the row-max
+    frame keeps it finite and equal to the unfused loss."""
+    hidden, weight, _, cotangent = problem
+    hidden = 3.0 * hidden  # student logits with gaps of several units
+    target = np.asarray(jax.nn.softmax(20.0 * rng.normal(size=(N, V)).astype(np.float32)))
+    assert np.any(target == 0.0)  # classes outside the measure too
+    fused_fn = _fused("reverse_kl", target, "none", target, chunk_size=4)
+    fused = _value_and_grads(fused_fn, hidden, weight, cotangent, "none")
+
+    def unfused_fn(h, w):
+        return fdiv.fdiv_loss(h @ w, target, "reverse_kl", q=target)
+
+    unfused = _value_and_grads(unfused_fn, hidden, weight, cotangent, "none")
+    assert np.all(np.isfinite(fused[0])), fused[0]
+    _assert_same(fused, unfused, rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("reduction", ["none", "sum"])
 def test_bfloat16_inputs(reduction, problem):
     """bf16 matmuls with float32 accumulation: close to the float32 loss of the same bf16 values."""

@@ -22,11 +22,28 @@ from typing import Any
 
 import filelock
 
+import fdiv
 from experiments.common import sharding
 
 KEY = ("experiment", "config_name", "run_name")
 LEADING = (*KEY, "divergence", "alpha", "reference_measure", "seed", "steps")
 TRAILING = ("wall_time_s", "hardware", "git_commit", "timestamp", "config")
+
+
+def leading_columns(experiment: str, config: Any, run_name: str, steps: int) -> dict[str, Any]:
+    """The ``LEADING`` columns of a run's row, from its config (``loss.divergence``, ``loss.q``,
+    ``seed``, ``name``); ``alpha`` is the α of an α-divergence, empty otherwise."""
+    generator = fdiv.get_generator(config.loss.divergence)
+    return {
+        "experiment": experiment,
+        "config_name": config.name,
+        "run_name": run_name,
+        "divergence": config.loss.divergence,
+        "alpha": getattr(generator, "alpha", None),
+        "reference_measure": config.loss.q,
+        "seed": config.seed,
+        "steps": steps,
+    }
 
 
 def _lock(path: Path) -> filelock.FileLock:

@@ -170,16 +170,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     writer.write(steps, "test", test)
     log.info("held-out metrics: %s", test)
     train_last = writer.last("train")
-    generator = fdiv.get_generator(config.loss.divergence)
     row = {
-        "experiment": EXPERIMENT,
-        "config_name": config.name,
-        "run_name": run_name,
-        "divergence": config.loss.divergence,
-        "alpha": getattr(generator, "alpha", None),
-        "reference_measure": config.loss.q,
-        "seed": config.seed,
-        "steps": steps,
+        **results.leading_columns(EXPERIMENT, config, run_name, steps),
         **{f"test_{k}": v for k, v in test.items()},
         "train_loss": train_last.get("loss"),
         "train_examples_per_s": train_last.get("examples_per_s"),

@@ -171,19 +171,10 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         log.info("greedy sample (%s operator): %r", config.loss.divergence, text_out)
 
     train_last = writer.last("train")
-    generator = fdiv.get_generator(config.loss.divergence)
-    run_cols = {
-        "experiment": EXPERIMENT,
-        "config_name": config.name,
-        "run_name": run_name,
-        "divergence": config.loss.divergence,
-        "alpha": getattr(generator, "alpha", None),
-        "reference_measure": config.loss.q,
-        "seed": config.seed,
-    }
+    leading = results.leading_columns(EXPERIMENT, config, run_name, steps)
+    run_cols = {k: v for k, v in leading.items() if k != "steps"}  # curve rows carry their step
     row = {
-        **run_cols,
-        "steps": steps,
+        **leading,
         **{f"val_{k}": v for k, v in val.items()},
         "train_loss": train_last.get("loss"),
         "train_tokens_per_s": train_last.get("examples_per_s"),

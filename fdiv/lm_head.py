@@ -10,13 +10,13 @@ exactly as :func:`fdiv.fdiv_loss_with_integer_labels` / :func:`fdiv.fdiv_loss` a
 chunks of ``C`` rows; a ``lax.scan`` over the chunks computes each chunk's logits (a matmul
 in the input dtype with float32 accumulation), the row thresholds ``τ*`` and the loss with the
 unfused loss's own functions (the anchored root of :mod:`fdiv.root_finding`, the value and
-``p*`` relative to the row max, so ties at the support's end and logits of 1e9 are as exact as
-there). The gradients follow from ``∇_θ ℓ_i = p*_i − y_i`` with
+``p*`` relative to the solver's frame next to the row max, so ties at the support's end and
+logits of 1e9 are as exact as there). The gradients follow from ``∇_θ ℓ_i = p*_i − y_i`` with
 ``p*_i = q ⊙ (f*)'(θ_i − τ*_i)``:
 
     ∇_h ℓ = (P* − Y) Wᵀ / T,        ∇_W ℓ = hᵀ (P* − Y) / T,
 
-accumulated chunk by chunk (``∇_W`` in float32). A custom VJP keeps only the row max and the
+accumulated chunk by chunk (``∇_W`` in float32). A custom VJP keeps only the frame and the
 anchored root (two floats per token) from the forward pass with ``reduction="none"`` and
 recomputes each chunk's logits and ``p*`` in the backward pass; with ``reduction="sum"`` or
 ``"mean"`` the cotangent is a scalar, so the forward pass computes both gradients directly and
@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from fdiv import _rows
+from fdiv import root_finding as rf
 from fdiv.divergences import Generator, get_generator
 from fdiv.losses import _divergence_to_reference, _one_hot_divergence
 from fdiv.operators import _check_solver, _probabilities_rel, _shifted_root, _value_rel
@@ -123,24 +124,17 @@ def _has_grad(static: _Static, theta: Array, chunk: dict) -> Array:
     return ok
 
 
-class _Root(NamedTuple):
-    """What the backward pass needs of a chunk's forward pass: one pair of floats per token."""
-
-    shift: Array  # the row max (0 for a row with every class masked)
-    t: Array  # the anchored root t = τ + a in the frame of the row max
-
-
 def _chunk_loss(
     static: _Static, theta: Array, q_arr: Array, chunk: dict
-) -> tuple[Array, _Root, Array]:
-    """Per-token loss, root and ``θ − m`` (``m`` the row max) of one chunk.
+) -> tuple[Array, rf.Root, Array]:
+    """Per-token loss, root and ``θ − m`` (``m`` the solver's frame) of one chunk.
 
     As in the unfused loss, everything is computed relative to ``m``: ``⟨θ, y⟩ = ⟨θ − m, y⟩ +
     m Σy`` and ``m`` cancels against the f-softmax's when ``Σy = 1``.
     """
     gen = static.gen
-    z, t, stats = _shifted_root(theta, q_arr, gen, static.solver, static.num_iters)
-    value = _value_rel(z, q_arr, t, gen, stats)
+    z, root, stats = _shifted_root(theta, q_arr, gen, static.solver, static.num_iters)
+    value = _value_rel(z, q_arr, root.t, gen, stats)
     unmasked = theta != -jnp.inf
     valid = jnp.ones(theta.shape[:1], bool)
     mass = 1.0  # Σ_j y_j
@@ -168,11 +162,11 @@ def _chunk_loss(
         mass = jnp.sum(values, axis=-1)
     loss = value + divergence - inner
     if static.kind != _INTEGER:
-        loss = loss + stats.shift * (1.0 - mass)
+        loss = loss + root.shift * (1.0 - mass)
     loss = jnp.where(valid, loss, jnp.nan)
     # A token with every class masked is padding (loss 0, no gradient), as in the unfused loss.
     loss = jnp.where(~stats.empty & chunk["token_ok"], loss, 0.0)
-    return loss, _Root(stats.shift, t), z
+    return loss, root, z
 
 
 def _chunk_dlogits(

@@ -63,21 +63,23 @@ def _probabilities_rel(theta: Array, q: Array, t: Array, gen: Generator) -> Arra
     return q * gen.conj_grad_rel(theta - t[..., None])
 
 
-def _shifted_root(theta, q, gen, solver, num_iters) -> tuple[Array, Array, rf.RowStats]:
-    """``(z, t, stats)``: logits minus the row max and the anchored root in that frame.
+def _shifted_root(theta, q, gen, solver, num_iters) -> tuple[Array, rf.Root, rf.RowStats]:
+    """``(z, root, stats)``: the logits minus the solver's frame ``root.shift``, the root and
+    the row's statistics.
 
-    Working relative to the row max keeps τ exact for huge logits (1e9 + τ would round
-    τ away in float32). The shift is a constant for differentiation: every function
-    here is invariant to it.
+    The frame is the row max moved next to the root (see ``root_finding._Frame``): it keeps τ
+    exact for huge logits (1e9 + τ would round τ away in float32) and resolves the classes at
+    the edge of the support. The shift is a constant for differentiation: every function here
+    is invariant to it.
     """
     stats = rf.row_stats(theta, q)
-    z = theta - jax.lax.stop_gradient(stats.shift)[..., None]
-    return z, rf.solve_anchored(stats, q, gen, solver, num_iters), stats
+    root = rf.solve_anchored(stats, q, gen, solver, num_iters)
+    return theta - root.shift[..., None], root, stats
 
 
 def _softargmax_last(theta, q, gen, solver, num_iters) -> Array:
-    z, t, _ = _shifted_root(theta, q, gen, solver, num_iters)
-    return _probabilities_rel(z, q, _implicit_root_for(gen)(z, q, t), gen)
+    z, root, _ = _shifted_root(theta, q, gen, solver, num_iters)
+    return _probabilities_rel(z, q, _implicit_root_for(gen)(z, q, root.t), gen)
 
 
 def _conj_terms(theta: Array, t: Array, gen: Generator) -> Array:
@@ -114,7 +116,7 @@ def _value_rel(theta: Array, q: Array, t: Array, gen: Generator, stats: rf.RowSt
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def _softmax_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array]:
-    """``(softmax_f(θ; q) − m, m)`` with ``m`` the row max (0 for an empty row).
+    """``(softmax_f(θ; q) − m, m)`` with ``m`` the solver's frame (next to the row max).
 
     Their sum is the f-softmax. Kept apart so that the losses can subtract ``⟨θ, y⟩`` in the
     frame of the row max: ``1e9 + 0.7`` rounds the 0.7 away in float32. ``m`` is a constant for
@@ -122,19 +124,19 @@ def _softmax_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array]:
     whole derivative of ``softmax_f``, so only the sum (or the first part minus logits shifted
     by ``m``) is meaningful to differentiate.
     """
-    z, t, stats = _shifted_root(theta, q, gen, solver, num_iters)
-    return _value_rel(z, q, t, gen, stats), stats.shift
+    z, root, stats = _shifted_root(theta, q, gen, solver, num_iters)
+    return _value_rel(z, q, root.t, gen, stats), root.shift
 
 
 @functools.partial(_softmax_parts.defjvp, symbolic_zeros=True)
 def _softmax_parts_jvp(gen, solver, num_iters, primals, tangents):
     theta, q = primals
     dtheta, dq = tangents
-    z, t, stats = _shifted_root(theta, q, gen, solver, num_iters)
-    t = _implicit_root_for(gen)(z, q, t)
+    z, root, stats = _shifted_root(theta, q, gen, solver, num_iters)
+    t = _implicit_root_for(gen)(z, q, root.t)
     # The primal outputs must be differentiable consistently with the tangent below (higher
     # derivatives differentiate this rule): the shift is a constant, as it is inside z.
-    shift = jax.lax.stop_gradient(stats.shift)
+    shift = root.shift
     value = _value_rel(z, q, t, gen, stats)
     tangent = jnp.zeros_like(value)
     if not isinstance(dtheta, SymbolicZero):

@@ -22,6 +22,11 @@ cannot resolve (1000 ties with unit q put χ²'s τ within 2e-3 of 2; reverse KL
 with uniform q over 256k classes puts the top class 4e-6 from the pole), while
 ``t`` keeps its own relative precision.
 
+Moved frame: after their first estimate ``c`` of the root, the solvers work with
+``θ − (m + c)`` (``m`` the row max) and solve for a small correction, so that a
+group of classes far below the max at the edge of the support is resolved too
+(see ``_Frame``). The frame is part of the solution: :class:`Root`.
+
 Solvers:
 
 * ``"bisect"``: the paper's fixed number of bisection steps (geometric while the
@@ -42,7 +47,9 @@ Solvers:
   of two: about 0.7× the time of the all-Newton loop on XLA:CPU). The loop stops
   as soon as every row's step is below eps^(2/3) (``num_iters`` is then a cap),
   so well-conditioned batches pay for a few passes and adversarial ones for at
-  most the cap.
+  most the cap. For χ² and α = 2 the mass is linear in τ on a fixed support, so
+  a secant step through two iterates with the same support lands on the
+  closed-form root of that support: no separate closed-form finish is needed.
 * ``"auto"``: the closed form for KL (log-sum-exp, no search) and Newton for
   every other generator.
 
@@ -88,11 +95,19 @@ _BISECT_NEWTON_FINISH = 2
 class RowStats(NamedTuple):
     """Per-row quantities every solver starts from (classes on the last axis)."""
 
-    z: Array  # logits minus the row max, -inf for masked classes
+    theta: Array  # the logits, -inf for masked classes
+    z: Array  # logits minus the row max
     shift: Array  # the row max (0 for a row with every class masked)
     q_sum: Array  # Q = Σ_j q_j (1 for an empty row)
     q_top: Array  # q at the argmax (1 for an empty row)
     empty: Array  # True where every class is masked
+
+
+class Root(NamedTuple):
+    """One row's solution: ``p_j = q_j · gen.conj_grad_rel(θ_j − shift − t)``."""
+
+    shift: Array  # the frame: the row max, moved next to the root by the solver (see _moved)
+    t: Array  # the anchored root t = τ + a relative to the frame
 
 
 def row_stats(theta: Array, q: Array) -> RowStats:
@@ -116,7 +131,7 @@ def row_stats(theta: Array, q: Array) -> RowStats:
         q_top = jnp.max(jnp.where(z == 0.0, q, 0.0), axis=-1)
     q_sum = jnp.where(empty | (q_sum <= 0), 1.0, q_sum)
     q_top = jnp.where(empty | (q_top <= 0), 1.0, q_top)
-    return RowStats(z, shift, q_sum, q_top, empty)
+    return RowStats(theta, z, shift, q_sum, q_top, empty)
 
 
 def bracket(stats: RowStats, q: Array, gen: Generator) -> tuple[Array, Array]:
@@ -142,47 +157,79 @@ def default_iterations(solver: str, dtype, gen: Generator) -> int:
     return _ITERATIONS[(solver, bits)]
 
 
+class _Frame(NamedTuple):
+    """The logits relative to a point next to the root: the frame the iterates live in.
+
+    Near the end of the support the mass depends on ``θ_j − m − t`` for the classes at the edge
+    of the support, and float32 resolves ``t`` only to an ulp of its own size. With one logit 1
+    and 262143 zeros (α = 1.5, unit q) the zeros are 3.4e-3 inside the support while ``τ ≈
+    −1.0034`` from the row max: an ulp of ``τ`` is 3.5e-5 of that distance, and even the best
+    float32 root misses a mass of 1 by 3e-5. Moving the frame to a first estimate ``c`` of the
+    root turns the iterates into small corrections with their own relative precision, and
+    ``θ_j − (m + c)`` is exact for the classes next to the root (Sterbenz).
+    """
+
+    z: Array  # θ − shift
+    shift: Array
+    origin: Array  # the frame's origin relative to the row max (scales the stopping test)
+
+
+def _row_max_frame(stats: RowStats) -> _Frame:
+    return _Frame(stats.z, stats.shift, jnp.zeros_like(stats.shift))
+
+
+def _moved_frame(stats: RowStats, centre: Array) -> _Frame:
+    """The frame whose origin is ``centre`` (relative to the row max), rounded: the row max
+    plus ``centre`` is a float, and the iterates and the bracket must be moved by the origin
+    it represents (up to 5e-4 from ``centre`` for a row max of 1e4)."""
+    shift = stats.shift + centre
+    return _Frame(stats.theta - shift[..., None], shift, shift - stats.shift)
+
+
 def _mass(z: Array, q: Array, t: Array, gen: Generator) -> Array:
     return jnp.sum(q * gen.conj_grad_rel(z - t[..., None]), axis=-1)
 
 
-def _newton_step(stats, q, gen, t, lo, hi):
+def _newton_step(frame, q, gen, t, lo, hi):
     """One safeguarded Newton step on ``F = f'(S)`` from the anchored root ``t``.
 
     Returns ``(t, lo, hi, converged)``: the new iterate (bisection of the tightened bracket
     when the step is not finite or leaves the bracket without having converged), the bracket
     tightened by the mass at the old iterate, and whether the step was below a few ulps.
     """
-    return _safeguarded(stats, gen, t, *_newton_update(stats, q, gen, t), lo, hi)
+    return _safeguarded(frame, gen, t, *_newton_update(frame.z, q, gen, t), lo, hi)
 
 
-def _newton_update(stats, q, gen, t):
+def _newton_update(z, q, gen, t):
     """``(S(t), Newton's step on F = f'(S) from t)``."""
-    r = stats.z - t[..., None]
+    r = z - t[..., None]
     s = jnp.sum(q * gen.conj_grad_rel(r), axis=-1)
     d = jnp.sum(q * gen.conj_hess_rel(r), axis=-1)
     # dF/dτ = −f''(S) Σ_j q_j (f*)''(θ_j − τ) = −f''(S) d.
     return s, gen.f_prime(s) / (gen.f_prime2(s) * d)
 
 
-def _safeguarded(stats, gen, t, s, step, lo, hi):
+def _safeguarded(frame, gen, t, s, step, lo, hi):
     """``t + step`` if it is finite and strictly inside the bracket tightened by the mass ``s``
     at ``t``, or has converged; bisection of that bracket otherwise. Returns ``(t, lo, hi,
     converged)``.
 
-    Converged: a step below eps^(2/3) (relative to the scale of ``t``). Newton's next error is
-    then ~eps^(4/3), the secant's (order 1.6) ~eps^(1.08): the loop can stop without paying for
-    one more pass to see a step of an ulp.
+    Converged: a step below eps^(2/3) of the root's scale, from a mass within eps^(2/3) of 1.
+    Newton's next error is then ~eps^(4/3), the secant's (order 1.6) ~eps^(1.08): the loop can
+    stop without paying for one more pass to see a step of an ulp. The mass test matters where
+    the slope of ``S`` is large: with 262143 classes 3.4e-3 inside the support (see ``_Frame``)
+    a step of 8e-6 (below the step test) still leaves the mass 3e-3 from 1.
     """
-    tol = jnp.finfo(stats.z.dtype).eps ** (2 / 3)
+    tol = jnp.finfo(frame.z.dtype).eps ** (2 / 3)
     lo = jnp.where(s >= 1.0, t, lo)
     hi = jnp.where(s <= 1.0, t, hi)
     new = t + step
-    # With an anchor, t is bounded away from 0 (the top class is inside the support / the
-    # domain) and its relative precision is what matters: t = 4e-6 for reverse KL with
-    # uniform q over 256k classes is the top class's distance to the pole.
-    scale = jnp.abs(t) if gen.anchor else 1.0 + jnp.abs(t)
-    converged = jnp.abs(new - t) <= tol * scale
+    # With an anchor, t is bounded away from 0 in the row max's frame (the top class is inside
+    # the support / the domain) and its relative precision is what matters: t = 4e-6 for
+    # reverse KL with uniform q over 256k classes is the top class's distance to the pole.
+    t_row = frame.origin + t
+    scale = jnp.abs(t_row) if gen.anchor else 1.0 + jnp.abs(t_row)
+    converged = (jnp.abs(new - t) <= tol * scale) & (jnp.abs(s - 1.0) <= tol)
     # A step must land strictly inside the bracket unless it has converged: at a
     # support change it could otherwise cycle between the bracket's ends.
     accept = jnp.isfinite(new) & ((new > lo) & (new < hi) | converged)
@@ -200,8 +247,9 @@ def _midpoint(lo: Array, hi: Array) -> Array:
     return jnp.where(geometric, jnp.sign(hi) * jnp.sqrt(small) * jnp.sqrt(large), 0.5 * (lo + hi))
 
 
-def _bisect(stats, q, gen, lo, hi, num_iters):
-    """``num_iters`` bisection steps, then a fixed number of safeguarded Newton steps.
+def _bisect(stats, q, gen, lo, hi, num_iters) -> Root:
+    """``num_iters`` bisection steps, then a fixed number of safeguarded Newton steps in the
+    frame of the end of the final bracket they start from.
 
     Bisection alone leaves an error of width / 2^num_iters in τ, and the mass error is that
     times ``S'(τ) = Σ_j q_j (f*)''(θ_j − τ)``, which reaches 1e5 for unit q over 256k classes:
@@ -216,31 +264,34 @@ def _bisect(stats, q, gen, lo, hi, num_iters):
         return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
 
     lo, hi = jax.lax.fori_loop(0, num_iters, step, (lo, hi))
+    start = lo if gen.newton_from_left else hi
+    frame = _moved_frame(stats, start)
 
     def finish(_, state):
-        return _newton_step(stats, q, gen, *state)[:3]
+        return _newton_step(frame, q, gen, *state)[:3]
 
-    start = lo if gen.newton_from_left else hi
-    return jax.lax.fori_loop(0, _BISECT_NEWTON_FINISH, finish, (start, lo, hi))[0]
+    init = (start - frame.origin, lo - frame.origin, hi - frame.origin)
+    return Root(frame.shift, jax.lax.fori_loop(0, _BISECT_NEWTON_FINISH, finish, init)[0])
 
 
-def _newton(stats, q, gen, lo, hi, max_iters):
+def _newton(stats, q, gen, lo, hi, max_iters) -> Root:
     """Safeguarded Newton on ``F = f'(S)``; stops once every row's step is negligible.
 
     Where ``F`` is convex (``gen.newton_from_left``), only the first step is Newton's: the
-    others are secant steps through the last two iterates. From two points left of the root the
-    secant of a convex decreasing ``F`` crosses 0 left of the root too, so the iterates still
-    increase monotonically, and a secant step needs one sum over the classes where a Newton step
-    needs two (``S`` and ``S'``), which XLA:CPU computes as three passes over ``[N, V]`` (the
-    shared elementwise map written once, then read by each sum): a secant step costs a third
-    of a Newton step for 1.44× the steps.
+    others are secant steps through the last two iterates, in the frame of the first Newton
+    iterate. From two points left of the root the secant of a convex decreasing ``F`` crosses 0
+    left of the root too, so the iterates still increase monotonically, and a secant step needs
+    one sum over the classes where a Newton step needs two (``S`` and ``S'``), which XLA:CPU
+    computes as three passes over ``[N, V]`` (the shared elementwise map written once, then
+    read by each sum): a secant step costs a third of a Newton step for 1.44× the steps.
     """
     if not gen.newton_from_left:
         return _newton_from_right(stats, q, gen, lo, hi, max_iters)
     start = lo
-    s, newton = _newton_update(stats, q, gen, start)
-    t, lo, hi, done = _safeguarded(stats, gen, start, s, newton, lo, hi)
+    s, newton = _newton_update(stats.z, q, gen, start)
+    t, lo, hi, done = _safeguarded(_row_max_frame(stats), gen, start, s, newton, lo, hi)
     f_start = gen.f_prime(s)
+    frame = _moved_frame(stats, t)
 
     def keep_going(state):
         i, *_, done = state
@@ -248,10 +299,10 @@ def _newton(stats, q, gen, lo, hi, max_iters):
 
     def step(state):
         i, t_prev, f_prev, t, lo, hi, done = state
-        s = _mass(stats.z, q, t, gen)
+        s = _mass(frame.z, q, t, gen)
         f_t = gen.f_prime(s)
         new, lo, hi, converged = _safeguarded(
-            stats, gen, t, s, -f_t * (t - t_prev) / (f_t - f_prev), lo, hi
+            frame, gen, t, s, -f_t * (t - t_prev) / (f_t - f_prev), lo, hi
         )
         # Equal values of F carry no slope (t = t_prev, or F flat to rounding): the row is
         # done, and a converged row stays put (its next secant would be 0 / 0).
@@ -262,14 +313,17 @@ def _newton(stats, q, gen, lo, hi, max_iters):
         return i + 1, t, f_t, new, lo, hi, done
 
     done = done | jnp.isnan(t) | stats.empty
-    state = (jnp.array(1), start, f_start, t, lo, hi, done)
-    return jax.lax.while_loop(keep_going, step, state)[3]
+    moved = [x - frame.origin for x in (start, t, lo, hi)]
+    state = (jnp.array(1), moved[0], f_start, moved[1], moved[2], moved[3], done)
+    return Root(frame.shift, jax.lax.while_loop(keep_going, step, state)[3])
 
 
-def _newton_from_right(stats, q, gen, lo, hi, max_iters):
+def _newton_from_right(stats, q, gen, lo, hi, max_iters) -> Root:
     """Safeguarded Newton from the right end of the bracket (α > 2), to the cap: without
     monotonicity a tiny step is no proof of convergence ((f*)'' is infinite where a class
-    enters the support)."""
+    enters the support). It stays in the row max's frame: its fallback is the geometric
+    bisection of a bracket on one side of 0."""
+    frame = _row_max_frame(stats)
 
     def keep_going(state):
         i, _, _, _, done = state
@@ -277,12 +331,12 @@ def _newton_from_right(stats, q, gen, lo, hi, max_iters):
 
     def step(state):
         i, t, lo, hi, _ = state
-        t, lo, hi, _ = _newton_step(stats, q, gen, t, lo, hi)
+        t, lo, hi, _ = _newton_step(frame, q, gen, t, lo, hi)
         # NaN rows and empty rows never converge; they must not hold the others back.
         return i + 1, t, lo, hi, jnp.isnan(t) | stats.empty
 
     state = (jnp.array(0), hi, lo, hi, jnp.zeros(hi.shape, bool))
-    return jax.lax.while_loop(keep_going, step, state)[1]
+    return Root(stats.shift, jax.lax.while_loop(keep_going, step, state)[1])
 
 
 def solve_anchored(
@@ -291,9 +345,9 @@ def solve_anchored(
     gen: Generator,
     solver: str = "auto",
     num_iters: int | None = None,
-) -> Array:
-    """The anchored root ``t = τ + a`` of each row (``a = gen.anchor``), in the frame shifted
-    by ``stats.shift``: ``p_j = q_j · gen.conj_grad_rel(z_j − t)``.
+) -> Root:
+    """The anchored root ``t = τ + a`` of each row (``a = gen.anchor``) and the frame it is
+    expressed in: ``p_j = q_j · gen.conj_grad_rel(θ_j − root.shift − root.t)``.
 
     Args:
       stats: from :func:`row_stats`.
@@ -304,7 +358,9 @@ def solve_anchored(
         default. Ignored by the KL closed form.
 
     Returns:
-      ``t`` with the shape of ``stats.shift``, not differentiable (stop_gradient).
+      A :class:`Root` with the shapes of ``stats.shift``, not differentiable (stop_gradient).
+      The frame is the row max for the KL closed form and α > 2, and a point next to the
+      root for the other solvers (see ``_Frame``).
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
@@ -312,7 +368,7 @@ def solve_anchored(
     q = jax.lax.stop_gradient(q)
     if solver == "auto" and isinstance(gen, KL):  # anchor 0: t = τ
         tau = jnp.log(jnp.sum(q * jnp.exp(stats.z), axis=-1))
-        return jnp.where(stats.empty, 0.0, tau)
+        return Root(stats.shift, jnp.where(stats.empty, 0.0, tau))
     if solver == "auto":
         solver = "newton"
     if num_iters is None:

@@ -65,11 +65,14 @@ def _cases():
     two = np.array([[3, -3], [1e4, 0], [0.45, 0], [1e-3, 0], [-1e-3, 0]], np.float32)
     wide.append(np.concatenate([two, np.full((len(two), WIDE - 2), 1e4, np.float32)], 1))
     mask.append(np.arange(WIDE)[None, :].repeat(len(two), 0) < 2)
-    # V = 262144: random logits, two tied maxima among spread-out ones
+    # V = 262144: random logits, two tied maxima among spread-out ones, and one logit 1 above
+    # 262143 ties (the ties sit at the edge of the support, far from the row max: see
+    # root_finding._Frame)
     big = np.stack(
         [
             rng.normal(size=BIG) * 2.0,
             np.where(np.arange(BIG) < 2, 1.0, rng.uniform(-5e3, 0.0, size=BIG)),
+            np.where(np.arange(BIG) == 0, 1.0, 0.0),
         ]
     ).astype(np.float32)
     return np.concatenate(wide), np.concatenate(mask), big

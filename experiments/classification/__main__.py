@@ -1,8 +1,7 @@
 """Entry point: ``python -m experiments.classification --config=<config file>``."""
 
-from absl import app
-
 from experiments.classification import main
+from experiments.common import entry
 
 if __name__ == "__main__":
-    app.run(main.main)
+    entry.run_module(main.main, main.DEFAULT_CONFIG)

@@ -11,29 +11,20 @@ its row. The row goes to ``config.results_csv`` (see ``experiments.common.result
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 from flax import nnx
-from ml_collections import config_flags
 
 import fdiv
 from experiments.classification import task
 from experiments.common import config as config_lib
-from experiments.common import data, models, optim, progress, results, sharding, trainer
-from experiments.common.progress import log
+from experiments.common import data, entry, models, optim, sharding, trainer
 
 EXPERIMENT = "classification"
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    str(Path(__file__).parent / "configs" / "fashion_mnist.py"),
-    "Config file; override keys with --config.<key>=<value>.",
-    lock_config=True,
-)
+DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "fashion_mnist.py")
 # Keys that may change between a run and its resumption: they do not change the trajectory.
 RESUMABLE_CHANGES = (
     "distributed",
@@ -114,7 +105,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     loss_fn = task.make_loss_fn(graphdef, config, prior)
     evaluate = task.make_evaluate(graphdef, config, prior, source, mesh)
 
-    result, writer = trainer.resume_and_train(
+    trained = trainer.resume_and_train(
         state,
         trainer.make_train_step(loss_fn, tx, schedule, mesh),
         lambda start: source.train_batches(config.train.batch_size, config.seed, start),
@@ -124,40 +115,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         examples_per_step=config.train.batch_size,
         eval_fn=evaluate,
     )
-    steps = int(result.state.step)
-    if steps < config.train.steps:
-        log.info("stopped at step %d of %d; rerun to resume", steps, config.train.steps)
-        return None
-
-    began = time.perf_counter()
-    test = evaluate(result.state)
-    eval_time_s = time.perf_counter() - began
-    writer.write(steps, "test", test)
-    log.info("test metrics: %s", test)
-    train_last = writer.last("train")
-    row = {
-        **results.leading_columns(EXPERIMENT, config, run_name, steps),
-        **{f"test_{k}": v for k, v in test.items()},
-        "train_loss": train_last.get("loss"),
-        "train_examples_per_s": train_last.get("examples_per_s"),
-        "wall_time_s": round(result.train_time_s + eval_time_s, 2),
-        **results.provenance(config_lib.to_json(config)),
-    }
-    if jax.process_index() == 0:
-        results.write_row(config.results_csv, row)
-        log.info("result row written to %s", config.results_csv)
-    return row
+    return entry.finish(EXPERIMENT, config, run_name, trained, evaluate)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    progress.setup_logging()
-    try:
-        run(_CONFIG.value)
-    except (
-        config_lib.ConfigError,
-        data.DatasetMissingError,
-        trainer.NonFiniteLossError,
-    ) as e:
-        sys.exit(f"error: {e}")
+def main(argv: list[str], config: ml_collections.ConfigDict) -> None:
+    """The command line (``__main__`` defines ``--config``)."""
+    entry.command_line(run, argv, config, (data.DatasetMissingError,))

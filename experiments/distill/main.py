@@ -15,8 +15,6 @@ a finished run only re-evaluates and replaces its row in ``config.results_csv``.
 from __future__ import annotations
 
 import itertools
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from flax import nnx
 
 import fdiv
 from experiments.common import config as config_lib
-from experiments.common import lm, optim, progress, results, sharding, text, trainer, transformer
+from experiments.common import entry, lm, optim, sharding, text, trainer, transformer
 from experiments.common.progress import log
 from experiments.distill import task
 
@@ -149,7 +147,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     )
     loss_fn = task.make_loss_fn(graphdef, config, teacher_graphdef)
     train_step = trainer.make_train_step(loss_fn, tx, schedule, mesh)
-    result, writer = trainer.resume_and_train(
+    trained = trainer.resume_and_train(
         state,
         train_step,
         lambda start: source.train_batches(config.train.batch_size, config.seed, start),
@@ -159,22 +157,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         examples_per_step=config.train.batch_size,
         eval_fn=evaluate,
     )
-    steps = int(result.state.step)
-    if steps < config.train.steps:
-        log.info("stopped at step %d of %d; rerun to resume", steps, config.train.steps)
-        return None
-
-    began = time.perf_counter()
-    test = evaluate(result.state)
-    eval_time_s = time.perf_counter() - began
-    writer.write(steps, "test", test)
-    log.info("held-out metrics: %s", test)
-    train_last = writer.last("train")
-    row = {
-        **results.leading_columns(EXPERIMENT, config, run_name, steps),
-        **{f"test_{k}": v for k, v in test.items()},
-        "train_loss": train_last.get("loss"),
-        "train_examples_per_s": train_last.get("examples_per_s"),
+    columns = {
         "top_k": config.distill.top_k,
         "temperature": config.distill.temperature,
         "data_kind": config.data.kind,
@@ -184,13 +167,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         "student_init_step": student_init_step,
         "teacher_params": transformer.num_params(teacher),
         "student_params": transformer.num_params(student),
-        "wall_time_s": round(result.train_time_s + eval_time_s, 2),
-        **results.provenance(config_lib.to_json(config)),
     }
-    if jax.process_index() == 0:
-        results.write_row(config.results_csv, row)
-        log.info("result row written to %s", config.results_csv)
-    return row
+    return entry.finish(EXPERIMENT, config, run_name, trained, evaluate, columns=columns)
 
 
 def _initial_student(
@@ -229,16 +207,5 @@ def _initial_student(
 
 
 def main(argv: list[str], config: ml_collections.ConfigDict) -> None:
-    """The command line: runs ``config`` and turns the expected errors into a message."""
-    if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    progress.setup_logging()
-    try:
-        run(config)
-    except (
-        config_lib.ConfigError,
-        lm.ModelRestoreError,
-        text.DatasetMissingError,
-        trainer.NonFiniteLossError,
-    ) as e:
-        sys.exit(f"error: {e}")
+    """The command line (``__main__`` defines ``--config``)."""
+    entry.command_line(run, argv, config, (lm.ModelRestoreError, text.DatasetMissingError))

@@ -19,8 +19,6 @@ a rerun replaces the run's rows).
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from flax import nnx
 import fdiv
 from experiments.common import (
     checkpoint,
+    entry,
     optim,
     progress,
     results,
@@ -144,7 +143,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
             writer.write(0, "test", initial)
     tokens_per_step = config.train.batch_size * config.data.seq_len
 
-    result, writer = trainer.resume_and_train(
+    trained = trainer.resume_and_train(
         state,
         trainer.make_train_step(
             task.make_loss_fn(graphdef, config, q), tx, schedule, mesh, state_sharding
@@ -156,42 +155,28 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         examples_per_step=tokens_per_step,  # The logged "ex/s" are tokens per second.
         eval_fn=evaluate,
     )
-    steps = int(result.state.step)
-    if steps < config.train.steps:
-        log.info("stopped at step %d of %d; rerun to resume", steps, config.train.steps)
+    row = entry.finish(
+        EXPERIMENT,
+        config,
+        run_name,
+        trained,
+        evaluate,
+        split="val",
+        throughput="train_tokens_per_s",
+        columns={"num_params": num_params},
+    )
+    if row is None:
         return None
-
-    began = time.perf_counter()
-    val = evaluate(result.state)
-    eval_time_s = time.perf_counter() - began
-    writer.write(steps, "test", val)
-    log.info("validation metrics: %s", val)
+    result, writer = trained
     if config.sample.max_new_tokens:
         text_out = task.sample(bind_logits(result.state), config, q, source)
         log.info("greedy sample (%s operator): %r", config.loss.divergence, text_out)
-
-    train_last = writer.last("train")
-    leading = results.leading_columns(EXPERIMENT, config, run_name, steps)
-    run_cols = {k: v for k, v in leading.items() if k != "steps"}  # curve rows carry their step
-    row = {
-        **leading,
-        **{f"val_{k}": v for k, v in val.items()},
-        "train_loss": train_last.get("loss"),
-        "train_tokens_per_s": train_last.get("examples_per_s"),
-        "num_params": num_params,
-        "wall_time_s": round(result.train_time_s + eval_time_s, 2),
-        **results.provenance(config_lib.to_json(config)),
-    }
     if jax.process_index() == 0:
-        results.write_row(config.results_csv, row)
+        leading = results.leading_columns(EXPERIMENT, config, run_name, row["steps"])
+        run_cols = {k: v for k, v in leading.items() if k != "steps"}  # curve rows carry their step
         curve = task.curve_rows(writer.path, run_cols, row["git_commit"])
         results.replace_run_rows(config.curves_csv, run_cols, curve)
-        log.info(
-            "result row written to %s, %d validation rows to %s",
-            config.results_csv,
-            len(curve),
-            config.curves_csv,
-        )
+        log.info("%d validation rows written to %s", len(curve), config.curves_csv)
     return row
 
 
@@ -205,16 +190,5 @@ def _fresh_start(workdir: Path, keep: int) -> bool:
 
 
 def main(argv: list[str], config: ml_collections.ConfigDict) -> None:
-    """The command line's work (``__main__`` defines ``--config``): a clear one-line error, no
-    traceback, for a bad config, missing data or a diverged run."""
-    if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    progress.setup_logging()
-    try:
-        run(config)
-    except (
-        config_lib.ConfigError,
-        text.DatasetMissingError,
-        trainer.NonFiniteLossError,
-    ) as e:
-        sys.exit(f"error: {e}")
+    """The command line (``__main__`` defines ``--config``)."""
+    entry.command_line(run, argv, config, (text.DatasetMissingError,))

@@ -12,8 +12,6 @@ re-evaluates and replaces its row in ``config.results_csv``.
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from flax import nnx
 
 import fdiv
 from experiments.common import config as config_lib
-from experiments.common import instructions, lm, optim, progress, results, sharding, text, trainer
+from experiments.common import entry, instructions, lm, optim, sharding, text, trainer
 from experiments.common.progress import log
 from experiments.sft import task
 
@@ -90,21 +88,23 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
     base, base_config, base_step = lm.restore_model(
         config.base.workdir, step=config.base.step or None
     )
-    if base_config.model.max_len < config.data.seq_len:
+    # The architecture and vocabulary are the pre-training run's (the base may be an SFT run).
+    architecture = lm.pretraining_config(base_config)
+    if architecture.model.max_len < config.data.seq_len:
         raise config_lib.ConfigError(
             f"config.data.seq_len = {config.data.seq_len} exceeds the base model's max_len "
-            f"{base_config.model.max_len}"
+            f"{architecture.model.max_len}"
         )
     try:
         source = instructions.InstructionSource(
-            config.data, text.load_vocabulary(base_config.data.vocab)
+            config.data, text.load_vocabulary(architecture.data.vocab)
         )
     except ValueError as e:
         raise config_lib.ConfigError(f"config.data: {e}") from e
     vocab_size = base.output_weight().shape[-1]
     if source.vocab.vocab_size > vocab_size:
         raise config_lib.ConfigError(
-            f"the vocabulary {base_config.data.vocab!r} has {source.vocab.vocab_size} tokens, "
+            f"the vocabulary {architecture.data.vocab!r} has {source.vocab.vocab_size} tokens, "
             f"more than the base model's output size {vocab_size}"
         )
     config_lib.record(workdir, config)
@@ -130,7 +130,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
 
     loss_fn = task.make_loss_fn(graphdef, config, base_graphdef)
     train_step = trainer.make_train_step(loss_fn, tx, schedule, mesh)
-    result, writer = trainer.resume_and_train(
+    trained = trainer.resume_and_train(
         state,
         train_step,
         lambda start: source.train_batches(config.train.batch_size, config.seed, start),
@@ -140,45 +140,14 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         examples_per_step=config.train.batch_size,
         eval_fn=evaluate,
     )
-    steps = int(result.state.step)
-    if steps < config.train.steps:
-        log.info("stopped at step %d of %d; rerun to resume", steps, config.train.steps)
-        return None
-
-    began = time.perf_counter()
-    test = evaluate(result.state)
-    eval_time_s = time.perf_counter() - began
-    writer.write(steps, "test", test)
-    log.info("test metrics: %s", test)
-    train_last = writer.last("train")
-    row = {
-        **results.leading_columns(EXPERIMENT, config, run_name, steps),
-        **{f"test_{k}": v for k, v in test.items()},
-        "train_loss": train_last.get("loss"),
-        "train_examples_per_s": train_last.get("examples_per_s"),
+    base_columns = {
         "base_workdir": config.base.workdir,
         "base_step": base_step,
         "base_divergence": base_config.loss.divergence,
-        "wall_time_s": round(result.train_time_s + eval_time_s, 2),
-        **results.provenance(config_lib.to_json(config)),
     }
-    if jax.process_index() == 0:
-        results.write_row(config.results_csv, row)
-        log.info("result row written to %s", config.results_csv)
-    return row
+    return entry.finish(EXPERIMENT, config, run_name, trained, evaluate, columns=base_columns)
 
 
 def main(argv: list[str], config: ml_collections.ConfigDict) -> None:
-    """The command line: runs ``config`` and turns the expected errors into a message."""
-    if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    progress.setup_logging()
-    try:
-        run(config)
-    except (
-        config_lib.ConfigError,
-        lm.ModelRestoreError,
-        text.DatasetMissingError,
-        trainer.NonFiniteLossError,
-    ) as e:
-        sys.exit(f"error: {e}")
+    """The command line (``__main__`` defines ``--config``)."""
+    entry.command_line(run, argv, config, (lm.ModelRestoreError, text.DatasetMissingError))

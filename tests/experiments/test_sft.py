@@ -279,6 +279,20 @@ def test_sft_with_the_base_model_as_reference_measure(sft_config):
             np.testing.assert_allclose(batched[name], row[name], rtol=1e-5, err_msg=name)
 
 
+def test_sft_can_start_from_an_sft_run(sft_config, tmp_path):
+    """A second fine-tuning stage: its base is an SFT run, whose config records no model; the
+    architecture and vocabulary are those of the pre-training run behind it."""
+    from experiments.sft import main
+
+    sft_config.train.steps = 2
+    main.run(sft_config)
+    sft_config.base.workdir = sft_config.workdir
+    sft_config.workdir = str(tmp_path / "second_stage")
+    row = main.run(sft_config)
+    assert row["base_workdir"] == sft_config.base.workdir and row["base_step"] == 2
+    assert all(np.isfinite(row[name]) for name in SFT_METRICS)
+
+
 def test_sft_errors_are_clear(sft_config, tmp_path):
     from experiments.common import config as config_lib
     from experiments.common import lm

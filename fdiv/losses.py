@@ -120,8 +120,8 @@ def fdiv_loss(
             f"labels of shape {labels.shape} must have the shape of logits {logits.shape}"
         )
     y = jnp.moveaxis(labels.astype(theta.dtype), axis, -1)
-    # In the frame of the row max m: ⟨θ, y⟩ = ⟨θ − m, y⟩ + m Σy, and m cancels against the
-    # f-softmax exactly when Σy = 1 (rounding it in first loses everything below ulp(m)).
+    # In the solver's frame m (next to the row max): ⟨θ, y⟩ = ⟨θ − m, y⟩ + m Σy, and m cancels
+    # against the f-softmax exactly when Σy = 1 (rounding it in first loses all below ulp(m)).
     value, shift = _softmax_parts(theta, q_arr, gen, solver, num_iters)
     inner = jnp.sum(jnp.where(y != 0, theta - shift[..., None], 0.0) * y, axis=-1)
     loss = value + _divergence_to_reference(y, q_arr, gen) - inner

@@ -119,7 +119,7 @@ def _softmax_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array]:
     """``(softmax_f(θ; q) − m, m)`` with ``m`` the solver's frame (next to the row max).
 
     Their sum is the f-softmax. Kept apart so that the losses can subtract ``⟨θ, y⟩`` in the
-    frame of the row max: ``1e9 + 0.7`` rounds the 0.7 away in float32. ``m`` is a constant for
+    frame ``m``: ``1e9 + 0.7`` rounds the 0.7 away in float32. ``m`` is a constant for
     differentiation (zero tangent, like the shift everywhere else); the first part carries the
     whole derivative of ``softmax_f``, so only the sum (or the first part minus logits shifted
     by ``m``) is meaningful to differentiate.

@@ -25,16 +25,6 @@ from experiments.common import data, entry, models, optim, sharding, trainer
 
 EXPERIMENT = "classification"
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "fashion_mnist.py")
-# Keys that may change between a run and its resumption: they do not change the trajectory.
-RESUMABLE_CHANGES = (
-    "distributed",
-    "eval.",
-    "results_csv",
-    "train.checkpoint_every_steps",
-    "train.keep_checkpoints",
-    "train.log_every_steps",
-    "train.stop_after_steps",
-)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -78,14 +68,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
 
     Returns None when ``train.stop_after_steps`` stopped training before the final step.
     """
-    validate(config)
-    if config.distributed:
-        jax.distributed.initialize()
-    run_name = config.run_name or task.default_run_name(
-        config.loss.divergence, config.loss.q, config.seed
-    )
-    workdir = Path(config.workdir or f"runs/{EXPERIMENT}/{config.name}/{run_name}")
-    config_lib.check_resumable(workdir, config, RESUMABLE_CHANGES)
+    run_name, workdir = entry.start(EXPERIMENT, config, validate)
 
     source = data.make_source(config.data)
     config_lib.record(workdir, config)

@@ -7,7 +7,7 @@ results/classification.csv; notebooks/classification.ipynb draws it. Seeds are t
 a partial sweep already covers every divergence.
 """
 
-from experiments.classification import task
+from experiments.common import entry
 from experiments.sweep import Run, Sweep
 
 DIVERGENCES = ("kl", "reverse_kl", "chi2", "hellinger", "js", "alpha:1.25", "alpha:1.5", "alpha:2")
@@ -18,7 +18,7 @@ SWEEP = Sweep(
     experiment="classification",
     config="experiments/classification/configs/fashion_mnist.py",
     runs=tuple(
-        Run(task.default_run_name(d, q, s), {"loss.divergence": d, "loss.q": q, "seed": s})
+        Run(entry.default_run_name(d, q, s), {"loss.divergence": d, "loss.q": q, "seed": s})
         for s in SEEDS
         for d in DIVERGENCES
         for q in REFERENCE_MEASURES

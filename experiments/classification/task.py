@@ -46,11 +46,6 @@ def reference_measure(model: Classifier, q: str, prior: np.ndarray | None) -> st
     return q  # "uniform" or "unit": fdiv knows them by name.
 
 
-def default_run_name(divergence: str, q: str, seed: int) -> str:
-    """``alpha1.5-uniform-seed0``: the divergence, reference measure and seed, file-name safe."""
-    return f"{divergence.replace(':', '')}-{q}-seed{seed}"
-
-
 def make_loss_fn(
     graphdef: nnx.GraphDef,
     config: ml_collections.ConfigDict,

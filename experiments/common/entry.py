@@ -2,14 +2,16 @@
 end of a run (the final evaluation and the result row).
 
 An experiment's ``__main__`` calls :func:`run_module` with its ``main``; its ``main(argv, config)``
-calls :func:`command_line` with its ``run``; its ``run`` ends with :func:`finish`.
+calls :func:`command_line` with its ``run``; its ``run`` starts with :func:`start` and ends with
+:func:`finish`.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,6 +22,23 @@ from ml_collections import config_flags
 from experiments.common import config as config_lib
 from experiments.common import progress, results, trainer
 from experiments.common.progress import log
+
+# Keys that may change between a run and its resumption in every experiment: they do not change
+# the trajectory.
+RESUMABLE_CHANGES = (
+    "distributed",
+    "eval.",
+    "results_csv",
+    "train.checkpoint_every_steps",
+    "train.keep_checkpoints",
+    "train.log_every_steps",
+    "train.stop_after_steps",
+)
+
+
+def default_run_name(divergence: str, q: str, seed: int) -> str:
+    """``alpha1.5-uniform-seed0``: the divergence, reference measure and seed, file-name safe."""
+    return f"{divergence.replace(':', '')}-{q}-seed{seed}"
 
 
 def run_module(
@@ -54,6 +73,26 @@ def command_line(
         run(config)
     except (config_lib.ConfigError, trainer.NonFiniteLossError, *expected_errors) as e:
         sys.exit(f"error: {e}")
+
+
+def start(
+    experiment: str,
+    config: ml_collections.ConfigDict,
+    validate: Callable[[ml_collections.ConfigDict], None],
+    resumable_changes: Sequence[str] = (),
+) -> tuple[str, Path]:
+    """The start of a run: ``(run name, workdir)`` after validating ``config``, joining the
+    distributed job if ``config.distributed``, and checking that a workdir left by an earlier
+    run holds the same config up to :data:`RESUMABLE_CHANGES` and ``resumable_changes``."""
+    validate(config)
+    if config.distributed:
+        jax.distributed.initialize()
+    run_name = config.run_name or default_run_name(
+        config.loss.divergence, config.loss.q, config.seed
+    )
+    workdir = Path(config.workdir or f"runs/{experiment}/{config.name}/{run_name}")
+    config_lib.check_resumable(workdir, config, RESUMABLE_CHANGES + tuple(resumable_changes))
+    return run_name, workdir
 
 
 def finish(

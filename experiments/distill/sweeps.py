@@ -9,6 +9,7 @@ the same KL teacher. Seeds are the outer loop, so a partial sweep already covers
 divergence.
 """
 
+from experiments.common import entry
 from experiments.distill import task
 from experiments.sweep import Run, Sweep
 
@@ -20,7 +21,7 @@ SWEEP = Sweep(
     experiment="distill",
     config="experiments/distill/configs/tiny.py",
     runs=tuple(
-        Run(task.default_run_name(d, q, s), {"loss.divergence": d, "loss.q": q, "seed": s})
+        Run(entry.default_run_name(d, q, s), {"loss.divergence": d, "loss.q": q, "seed": s})
         for s in SEEDS
         for d in DIVERGENCES
         for q in REFERENCE_MEASURES

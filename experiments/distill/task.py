@@ -38,11 +38,6 @@ REFERENCE_MEASURES = ("uniform", "unit", "teacher")
 DATA_KINDS = ("text", "instructions")
 
 
-def default_run_name(divergence: str, q: str, seed: int) -> str:
-    """``alpha1.5-teacher-seed0``: the divergence, reference measure and seed, file-name safe."""
-    return f"{divergence.replace(':', '')}-{q}-seed{seed}"
-
-
 def make_source(
     config: ml_collections.ConfigDict,
     teacher_config: ml_collections.ConfigDict,

@@ -7,7 +7,7 @@ CPU), into results/pretrain.csv (final metrics) and results/pretrain_curves.csv 
 curves). Seeds are the outer loop, so a partial sweep already covers every divergence.
 """
 
-from experiments.pretrain import task
+from experiments.common import entry
 from experiments.sweep import Run, Sweep
 
 DIVERGENCES = ("kl", "reverse_kl", "chi2", "js", "hellinger", "alpha:1.25", "alpha:1.5", "alpha:2")
@@ -18,7 +18,7 @@ SWEEP = Sweep(
     experiment="pretrain",
     config="experiments/pretrain/configs/tiny.py",
     runs=tuple(
-        Run(task.default_run_name(d, q, s), {"loss.divergence": d, "loss.q": q, "seed": s})
+        Run(entry.default_run_name(d, q, s), {"loss.divergence": d, "loss.q": q, "seed": s})
         for s in SEEDS
         for d in DIVERGENCES
         for q in REFERENCE_MEASURES

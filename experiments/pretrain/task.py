@@ -30,11 +30,6 @@ def reference_measure(q: str, source: text.TextSource) -> str | np.ndarray:
     return q  # "uniform" or "unit": fdiv knows them by name.
 
 
-def default_run_name(divergence: str, q: str, seed: int) -> str:
-    """``alpha1.5-uniform-seed0``: the divergence, reference measure and seed, file-name safe."""
-    return f"{divergence.replace(':', '')}-{q}-seed{seed}"
-
-
 def make_loss_fn(
     graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, q: str | np.ndarray
 ) -> trainer.LossFn:

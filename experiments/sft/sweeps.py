@@ -10,6 +10,7 @@ the same KL base model. Seeds are the outer loop, so a partial sweep already cov
 divergence.
 """
 
+from experiments.common import entry
 from experiments.sft import task
 from experiments.sweep import Run, Sweep
 
@@ -21,7 +22,7 @@ SWEEP = Sweep(
     experiment="sft",
     config="experiments/sft/configs/arithmetic.py",
     runs=tuple(
-        Run(task.default_run_name(d, q, s), {"loss.divergence": d, "loss.q": q, "seed": s})
+        Run(entry.default_run_name(d, q, s), {"loss.divergence": d, "loss.q": q, "seed": s})
         for s in SEEDS
         for d in DIVERGENCES
         for q in REFERENCE_MEASURES

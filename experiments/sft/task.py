@@ -17,11 +17,6 @@ Array = jax.Array
 REFERENCE_MEASURES = ("uniform", "unit", "base")
 
 
-def default_run_name(divergence: str, q: str, seed: int) -> str:
-    """``alpha1.5-base-seed0``: the divergence, reference measure and seed, file-name safe."""
-    return f"{divergence.replace(':', '')}-{q}-seed{seed}"
-
-
 def initial_model_state(rest: nnx.State, base: nnx.Module | None) -> dict[str, Any]:
     """The train state's ``model_state``: the fine-tuned model's non-parameter state and, for
     ``q = "base"``, the frozen base model's whole state (an argument of the jit'd step, not a

@@ -7,7 +7,8 @@ work) is compared with a 200-step float64 bisection of the same float32 logits:
 the library: it bisects the plain bracket of paper-notes.md, ``[−f'(1/q_{j⁺}), −f'(1/Σ_j q_j)]``,
 not the solvers' tightened one. ``mass_error = |Σ_j q_j (f*)'(θ_j − τ) − 1|`` is the
 float32 mass the operators return (they do not renormalise it). The solvers find the anchored
-root ``t = τ + a`` (see :mod:`fdiv.root_finding`); ``τ = t − a`` is formed in float64. Each row
+root ``t = τ + a`` in a frame next to the row max (see :mod:`fdiv.root_finding`); ``τ`` relative
+to the row max, ``(frame − row max) + t − a``, is formed in float64. Each row
 of the CSV gives the worst error per kind of logit row (columns ``error_<kind>``) and over all
 of them.
 
@@ -67,17 +68,18 @@ def _prepared(theta, q: str):
 
 
 def _solve_fn(gen, q: str, solver: str, *, default: bool):
-    """Jitted ``(theta[, iters]) -> (t, mass error)``: the anchored root ``t = τ + a`` in the
-    shifted frame.
+    """Jitted ``(theta[, iters]) -> ((frame, row max, t), mass error)``: the anchored root ``t =
+    τ + a`` in the solver's frame (``θ − frame``).
 
     The iteration count is traced (one compilation for all counts), or the solver's default.
     """
 
     def solve(theta, iters):
         stats, q_arr = _prepared(theta, q)
-        t = rf.solve_anchored(stats, q_arr, gen, solver, iters)
-        mass = jnp.sum(q_arr * gen.conj_grad_rel(stats.z - t[..., None]), axis=-1)
-        return t, jnp.abs(mass - 1.0)
+        root = rf.solve_anchored(stats, q_arr, gen, solver, iters)
+        z = stats.theta - root.shift[..., None]
+        mass = jnp.sum(q_arr * gen.conj_grad_rel(z - root.t[..., None]), axis=-1)
+        return (root.shift, stats.shift, root.t), jnp.abs(mass - 1.0)
 
     if default:
         return jax.jit(lambda theta: solve(theta, None))
@@ -126,8 +128,9 @@ def run(mode: str, out_dir: Path) -> Path:
                     solve = _solve_fn(gen, q, solver, default=False)
                     default = _solve_fn(gen, q, solver, default=True)
                     for iters in (*ITERATIONS[solver], None):
-                        t, mass = default(theta) if iters is None else solve(theta, iters)
-                        tau = np.asarray(t, np.float64) - gen.anchor
+                        root, mass = default(theta) if iters is None else solve(theta, iters)
+                        frame, row_max, t = (np.asarray(x, np.float64) for x in root)
+                        tau = (frame - row_max) + t - gen.anchor
                         mass = np.asarray(mass, np.float64)
                         error = np.abs(tau - tau_ref) / (1.0 + np.abs(tau_ref))
                         row = {

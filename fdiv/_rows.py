@@ -18,6 +18,29 @@ QLike = str | Array | np.ndarray | None
 Q_NAMES = ("uniform", "unit")
 
 
+# Longest row that row_sum reduces in one piece (see there).
+_MAX_ROW = 32768
+
+
+def row_sum(x: Array) -> Array:
+    """``jnp.sum(x, axis=-1)``, reduced in pieces of at most 32768 classes when the rows are
+    longer.
+
+    XLA:CPU runs a fused elementwise map + reduction over longer rows several times slower per
+    element (measured on 512 × 131072 logits: 290 ms for one pass of the α = 1.5 mass, 21 ms
+    for the same pass over 2048 rows of 32768). Summing ``[..., V]`` as ``[N·k, V / k]`` and
+    then ``[N, k]`` halves the time of the f-losses at V = 128k; ``k`` is the smallest divisor
+    of ``V`` that brings the pieces to 32768 or less (none: one piece). On accelerators the
+    reshape is free.
+    """
+    v = x.shape[-1]
+    pieces = next((k for k in range(2, v // 1024 + 1) if v % k == 0 and v // k <= _MAX_ROW), 1)
+    if v <= _MAX_ROW or pieces == 1:
+        return jnp.sum(x, axis=-1)
+    partial = jnp.sum(x.reshape(-1, v // pieces), axis=-1)
+    return jnp.sum(partial.reshape(*x.shape[:-1], pieces), axis=-1)
+
+
 def compute_dtype(dtype) -> jnp.dtype:
     """The dtype the root search runs in: float32 at least, float64 when given."""
     return jnp.promote_types(dtype, jnp.float32)

@@ -79,7 +79,7 @@ def _top_k_divergence(
         terms = jnp.where(positive, q_safe * gen.f(v_safe / q_safe), 0.0)
         base = 0.0
     terms = jnp.where(ok_k, terms, jnp.where(positive, jnp.inf, 0.0))
-    return base + jnp.sum(terms, axis=-1)
+    return base + _rows.row_sum(terms)
 
 
 def _chunk_theta(
@@ -148,18 +148,18 @@ def _chunk_loss(
         divergence = _one_hot_divergence(q_y, stats.q_sum, gen)
     elif static.kind == _DENSE:
         y = chunk["labels"].astype(theta.dtype)
-        inner = jnp.sum(jnp.where(unmasked, z, 0.0) * y, axis=-1)
+        inner = _rows.row_sum(jnp.where(unmasked, z, 0.0) * y)
         divergence = _divergence_to_reference(y, q_arr, gen)
-        mass = jnp.sum(y, axis=-1)
+        mass = _rows.row_sum(y)
     else:
         index = jnp.clip(chunk["indices"], 0, theta.shape[-1] - 1)
         values = chunk["values"].astype(theta.dtype)
         z_k = jnp.take_along_axis(z, index, axis=-1)
         q_k = jnp.take_along_axis(jnp.broadcast_to(q_arr, theta.shape), index, axis=-1)
         ok_k = z_k != -jnp.inf
-        inner = jnp.sum(jnp.where(ok_k, z_k, 0.0) * values, axis=-1)
+        inner = _rows.row_sum(jnp.where(ok_k, z_k, 0.0) * values)
         divergence = _top_k_divergence(q_k, values, ok_k, stats.q_sum, gen)
-        mass = jnp.sum(values, axis=-1)
+        mass = _rows.row_sum(values)
     loss = value + divergence - inner
     if static.kind != _INTEGER:
         loss = loss + root.shift * (1.0 - mass)

@@ -49,7 +49,7 @@ def _divergence_to_reference(y: Array, q: Array, gen: Generator) -> Array:
         y_safe = jnp.where(positive, y, 1.0)
         terms = jnp.where(positive, q_safe * gen.f(y_safe / q_safe), 0.0)
     terms = jnp.where(in_measure, terms, jnp.where(positive, jnp.inf, 0.0))
-    return jnp.sum(terms, axis=-1)
+    return _rows.row_sum(terms)
 
 
 def _one_hot_divergence(q_y: Array, q_sum: Array, gen: Generator) -> Array:
@@ -123,9 +123,9 @@ def fdiv_loss(
     # In the solver's frame m (next to the row max): ⟨θ, y⟩ = ⟨θ − m, y⟩ + m Σy, and m cancels
     # against the f-softmax exactly when Σy = 1 (rounding it in first loses all below ulp(m)).
     value, shift = _softmax_parts(theta, q_arr, gen, solver, num_iters)
-    inner = jnp.sum(jnp.where(y != 0, theta - shift[..., None], 0.0) * y, axis=-1)
+    inner = _rows.row_sum(jnp.where(y != 0, theta - shift[..., None], 0.0) * y)
     loss = value + _divergence_to_reference(y, q_arr, gen) - inner
-    loss = loss + shift * (1.0 - jnp.sum(y, axis=-1))
+    loss = loss + shift * (1.0 - _rows.row_sum(y))
     return jnp.where(_is_empty(theta), 0.0, loss)
 
 
@@ -195,7 +195,7 @@ def fdiv_loss_with_integer_labels(
     index = jnp.clip(labels, 0, k - 1)
     theta_y = jnp.take_along_axis(theta, index[..., None], axis=-1)[..., 0]
     q_y = _gather_classes(q_arr, index)
-    q_sum = q_arr[..., 0] * k if q_arr.shape[-1] == 1 else jnp.sum(q_arr, axis=-1)
+    q_sum = q_arr[..., 0] * k if q_arr.shape[-1] == 1 else _rows.row_sum(q_arr)
     value, shift = _softmax_parts(theta, q_arr, gen, solver, num_iters)  # θ_y − m is exact
     loss = value + _one_hot_divergence(q_y, q_sum, gen) - (theta_y - shift)
     loss = jnp.where((labels >= 0) & (labels < k), loss, jnp.nan)

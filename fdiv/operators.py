@@ -43,9 +43,9 @@ def _implicit_root_jvp(gen: Generator, primals, tangents):
     r = theta - t[..., None]
     unmasked = theta != -jnp.inf
     w = q * gen.conj_hess_rel(r)
-    numerator = jnp.sum(jnp.where(unmasked, w * dtheta, 0.0), axis=-1)
-    numerator = numerator + jnp.sum(gen.conj_grad_rel(r) * dq, axis=-1)
-    total = jnp.sum(w, axis=-1)
+    numerator = _rows.row_sum(jnp.where(unmasked, w * dtheta, 0.0))
+    numerator = numerator + _rows.row_sum(gen.conj_grad_rel(r) * dq)
+    total = _rows.row_sum(w)
     return t, numerator / jnp.where(total > 0, total, 1.0)
 
 
@@ -107,10 +107,10 @@ def _value_rel(theta: Array, q: Array, t: Array, gen: Generator, stats: rf.RowSt
     if isinstance(gen, KL):
         value = t + 1.0 - stats.q_sum
     elif gen.is_sparse:
-        excess = jnp.sum(q * (_conj_terms(theta, t, gen) + gen.f_at_zero), axis=-1)
+        excess = _rows.row_sum(q * (_conj_terms(theta, t, gen) + gen.f_at_zero))
         value = t - gen.anchor + excess - stats.q_sum * gen.f_at_zero
     else:
-        value = t - gen.anchor + jnp.sum(q * _conj_terms(theta, t, gen), axis=-1)
+        value = t - gen.anchor + _rows.row_sum(q * _conj_terms(theta, t, gen))
     return jnp.where(stats.empty, -jnp.inf, value)
 
 
@@ -141,9 +141,9 @@ def _softmax_parts_jvp(gen, solver, num_iters, primals, tangents):
     tangent = jnp.zeros_like(value)
     if not isinstance(dtheta, SymbolicZero):
         p = _probabilities_rel(z, q, t, gen)
-        tangent = tangent + jnp.sum(jnp.where(p > 0, p * dtheta, 0.0), axis=-1)
+        tangent = tangent + _rows.row_sum(jnp.where(p > 0, p * dtheta, 0.0))
     if not isinstance(dq, SymbolicZero):
-        tangent = tangent + jnp.sum(_conj_terms(z, t, gen) * dq, axis=-1)
+        tangent = tangent + _rows.row_sum(_conj_terms(z, t, gen) * dq)
     return (value, shift), (tangent, jnp.zeros_like(shift))
 
 

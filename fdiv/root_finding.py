@@ -64,6 +64,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fdiv import _rows
 from fdiv.divergences import KL, Generator
 
 Array = jax.Array
@@ -126,7 +127,7 @@ def row_stats(theta: Array, q: Array) -> RowStats:
         q_top = jnp.broadcast_to(q[..., 0], shift.shape)
         q_sum = q_top * z.shape[-1]
     else:
-        q_sum = jnp.broadcast_to(jnp.sum(q, axis=-1), shift.shape)
+        q_sum = jnp.broadcast_to(_rows.row_sum(q), shift.shape)
         # Any maximiser gives a valid bracket; the one with the largest q the tightest.
         q_top = jnp.max(jnp.where(z == 0.0, q, 0.0), axis=-1)
     q_sum = jnp.where(empty | (q_sum <= 0), 1.0, q_sum)
@@ -144,8 +145,14 @@ def bracket(stats: RowStats, q: Array, gen: Generator) -> tuple[Array, Array]:
         # q-weighted mean logit. (For α > 2, [·]_+^{1/(α−1)} is concave only on the
         # support: no such bound.)
         weighted = jnp.where(q > 0, q * stats.z, 0.0)  # −inf if a class in q has a −inf logit
-        jensen = jnp.sum(weighted, axis=-1) / stats.q_sum + hi
+        jensen = _rows.row_sum(weighted) / stats.q_sum + hi
         lo = jnp.maximum(lo, jnp.minimum(jensen, hi))
+    else:
+        # Newton starts from hi (α > 2, no pole): widen by a few ulps of the row max, which XLA
+        # may not reproduce in θ − max θ when θ comes from an op fused into that subtraction (a
+        # fused multiply-add with θ = x / T put every tie 1 ulp above 0, and the root outside).
+        slack = 4.0 * jnp.finfo(stats.z.dtype).eps * jnp.abs(stats.shift)
+        lo, hi = lo - slack, hi + slack
     return lo, hi
 
 
@@ -187,7 +194,7 @@ def _moved_frame(stats: RowStats, centre: Array) -> _Frame:
 
 
 def _mass(z: Array, q: Array, t: Array, gen: Generator) -> Array:
-    return jnp.sum(q * gen.conj_grad_rel(z - t[..., None]), axis=-1)
+    return _rows.row_sum(q * gen.conj_grad_rel(z - t[..., None]))
 
 
 def _newton_step(frame, q, gen, t, lo, hi):
@@ -203,8 +210,8 @@ def _newton_step(frame, q, gen, t, lo, hi):
 def _newton_update(z, q, gen, t):
     """``(S(t), Newton's step on F = f'(S) from t)``."""
     r = z - t[..., None]
-    s = jnp.sum(q * gen.conj_grad_rel(r), axis=-1)
-    d = jnp.sum(q * gen.conj_hess_rel(r), axis=-1)
+    s = _rows.row_sum(q * gen.conj_grad_rel(r))
+    d = _rows.row_sum(q * gen.conj_hess_rel(r))
     # dF/dτ = −f''(S) Σ_j q_j (f*)''(θ_j − τ) = −f''(S) d.
     return s, gen.f_prime(s) / (gen.f_prime2(s) * d)
 
@@ -367,7 +374,7 @@ def solve_anchored(
     stats = jax.tree.map(jax.lax.stop_gradient, stats)
     q = jax.lax.stop_gradient(q)
     if solver == "auto" and isinstance(gen, KL):  # anchor 0: t = τ
-        tau = jnp.log(jnp.sum(q * jnp.exp(stats.z), axis=-1))
+        tau = jnp.log(_rows.row_sum(q * jnp.exp(stats.z)))
         return Root(stats.shift, jnp.where(stats.empty, 0.0, tau))
     if solver == "auto":
         solver = "newton"

@@ -320,6 +320,17 @@ def test_property_temperature(theta, divergence, q, temperature):
     np.testing.assert_allclose(p, pv(scaled, divergence, q=q)[0], atol=1e-5)
 
 
+def test_temperature_under_jit_keeps_the_row_max_exact():
+    """Found by test_property_temperature: ties at −6.53 with temperature 0.1 under jit. XLA
+    contracted θ / T − max θ into a fused multiply-add, so θ − max θ was 1 ulp above 0 and
+    α = 3's bracket missed the root (Σp = 1.0001)."""
+    theta = np.full((8, 6), -6.532555, np.float32)
+    for divergence in DIVERGENCES:
+        p, _ = pv(theta, divergence, q="unit", temperature=0.1)
+        np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5, err_msg=divergence)
+        np.testing.assert_allclose(p, 1.0 / 6.0, atol=1e-5, err_msg=divergence)
+
+
 # ------------------------------------------------------------------------------------------------
 # f-sigmoid.
 

@@ -107,7 +107,7 @@ class RowStats(NamedTuple):
 class Root(NamedTuple):
     """One row's solution: ``p_j = q_j · gen.conj_grad_rel(θ_j − shift − t)``."""
 
-    shift: Array  # the frame: the row max, moved next to the root by the solver (see _moved)
+    shift: Array  # the frame: the row max, moved next to the root by the solver (_Frame)
     t: Array  # the anchored root t = τ + a relative to the frame
 
 

@@ -419,10 +419,15 @@ class Alpha(Generator):
     def f(self, u):
         # (u^α − 1 − α(u − 1)) / (α(α − 1)) = (u (u^{α−1} − 1)/(α − 1) − (u − 1)) / α:
         # no cancellation by α − 1, so α close to 1 stays accurate (the KL limit).
+        # u (u^{α−1} − 1) = u^α − u, taken as u^α − u where u^{α−1} is far from 1: with α < 1
+        # and a tiny u, u^{α−1} overflows while u^α does not (α = −1, u = 2e-30).
         a = self.alpha
         positive = u > 0
         log_u = jnp.log(jnp.where(positive, u, 1.0))
-        value = (u * jnp.expm1((a - 1.0) * log_u) / (a - 1.0) - (u - 1.0)) / a
+        x = (a - 1.0) * log_u
+        near = jnp.abs(x) < 1.0
+        excess = jnp.where(near, u * jnp.expm1(jnp.where(near, x, 0.0)), jnp.exp(a * log_u) - u)
+        value = (excess / (a - 1.0) - (u - 1.0)) / a
         return jnp.where(positive, value, self.f_at_zero)
 
     def f_prime(self, u):

@@ -89,7 +89,10 @@ def fdiv_loss(
 
     Args:
       logits: scores ``θ``, any shape; the classes lie along ``axis``.
-      labels: target distributions, the shape of ``logits``.
+      labels: target distributions, the shape of ``logits``. Subnormal entries (below
+        1.2e-38 in float32) may count as 0: XLA flushes them on CPU, which matters where
+        ``f(0) = ∞`` (reverse KL, α ≤ 0), whose ``D_f(y, q)`` drops the infinite terms of
+        zero targets.
       divergence: a name (``"kl"``, ``"reverse_kl"``, ``"chi2"``, ``"hellinger"``,
         ``"js"``, ``"alpha:<value>"``) or a :class:`~fdiv.Generator`.
       q: reference measure: ``None``/``"uniform"``, ``"unit"`` or a non-negative

@@ -324,3 +324,14 @@ def test_operators_and_losses_reject_bad_names(bad):
         fdiv.fdiv_loss(logits, jnp.full((2, 3), 1 / 3), bad)
     with pytest.raises(ValueError):
         fdiv.fdiv_loss_with_integer_labels(logits, jnp.zeros(2, jnp.int32), bad)
+
+
+@pytest.mark.parametrize("alpha", [-1.0, -0.5, 0.5])
+def test_alpha_f_at_tiny_u_is_finite_in_float32(alpha):
+    """f(u) = (u^α − 1 − α(u − 1)) / (α(α − 1)) is finite in float32 whenever u^α is, although
+    u^{α−1} overflows (found by hypothesis: α = −1, a target of 3.6e-31 made the loss inf)."""
+    u = np.array([2e-30, 3.6e-31 * 6, 1e-20], np.float32)
+    got = np.asarray(fdiv.get_generator(f"alpha:{alpha}").f(jnp.asarray(u)), np.float64)
+    u64 = u.astype(np.float64)
+    want = (u64**alpha - 1 - alpha * (u64 - 1)) / (alpha * (alpha - 1))
+    np.testing.assert_allclose(got, want, rtol=1e-5)

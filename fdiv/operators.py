@@ -135,8 +135,8 @@ def _softmax_parts_jvp(gen, solver, num_iters, primals, tangents):
     z, root, stats = _shifted_root(theta, q, gen, solver, num_iters)
     t = _implicit_root_for(gen)(z, q, root.t)
     # The primal outputs must be differentiable consistently with the tangent below (higher
-    # derivatives differentiate this rule): the shift is a constant, as it is inside z.
-    shift = root.shift
+    # derivatives differentiate this rule): the shift (root.shift, out of the solver) is a
+    # constant, as it is inside z.
     value = _value_rel(z, q, t, gen, stats)
     tangent = jnp.zeros_like(value)
     if not isinstance(dtheta, SymbolicZero):
@@ -144,7 +144,7 @@ def _softmax_parts_jvp(gen, solver, num_iters, primals, tangents):
         tangent = tangent + _rows.row_sum(jnp.where(p > 0, p * dtheta, 0.0))
     if not isinstance(dq, SymbolicZero):
         tangent = tangent + _rows.row_sum(_conj_terms(z, t, gen) * dq)
-    return (value, shift), (tangent, jnp.zeros_like(shift))
+    return (value, root.shift), (tangent, jnp.zeros_like(root.shift))
 
 
 def _softmax_last(theta, q, gen, solver, num_iters) -> Array:

@@ -153,8 +153,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         text_out = task.sample(bind_logits(result.state), config, q, source)
         log.info("greedy sample (%s operator): %r", config.loss.divergence, text_out)
     if jax.process_index() == 0:
-        leading = results.leading_columns(EXPERIMENT, config, run_name, row["steps"])
-        run_cols = {k: v for k, v in leading.items() if k != "steps"}  # curve rows carry their step
+        # The row's identity columns; curve rows carry their own step.
+        run_cols = {k: row[k] for k in results.LEADING if k != "steps"}
         curve = task.curve_rows(writer.path, run_cols, row["git_commit"])
         results.replace_run_rows(config.curves_csv, run_cols, curve)
         log.info("%d validation rows written to %s", len(curve), config.curves_csv)

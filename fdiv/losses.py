@@ -65,9 +65,32 @@ def _one_hot_divergence(q_y: Array, q_sum: Array, gen: Generator) -> Array:
     return d
 
 
-def _is_empty(theta: Array) -> Array:
-    """Rows whose every logit is ``-inf`` (every class masked): loss 0, no gradient."""
-    return jnp.max(theta, axis=-1) == -jnp.inf
+def _is_empty(value: Array) -> Array:
+    """Rows whose every logit is ``-inf`` (every class masked), from their f-softmax value
+    (``-inf`` exactly for those rows): loss 0, no gradient."""
+    return value == -jnp.inf
+
+
+@jax.custom_jvp
+def _pick(theta: Array, index: Array) -> Array:
+    """``θ`` at the class ``index`` of each row (``index`` the shape of ``θ`` without its last
+    axis).
+
+    A gather whose derivative is written as a masked sum over the classes: reverse mode then
+    turns it into an elementwise select that XLA fuses with the rest of the loss's gradient
+    (``p* − e_y`` as one array), where the gather's own transpose is a scatter into a second
+    array ``[N, k]``.
+    """
+    return jnp.take_along_axis(theta, index[..., None], axis=-1)[..., 0]
+
+
+@_pick.defjvp
+def _pick_jvp(primals, tangents):
+    theta, index = primals
+    dtheta, _ = tangents
+    classes = jax.lax.broadcasted_iota(index.dtype, theta.shape, theta.ndim - 1)
+    tangent = _rows.row_sum(jnp.where(classes == index[..., None], dtheta, 0.0))
+    return _pick(theta, index), tangent
 
 
 def fdiv_loss(
@@ -129,7 +152,7 @@ def fdiv_loss(
     inner = _rows.row_sum(jnp.where(y != 0, theta - shift[..., None], 0.0) * y)
     loss = value + _divergence_to_reference(y, q_arr, gen) - inner
     loss = loss + shift * (1.0 - _rows.row_sum(y))
-    return jnp.where(_is_empty(theta), 0.0, loss)
+    return jnp.where(_is_empty(value), 0.0, loss)
 
 
 def fdiv_loss_with_integer_labels(
@@ -196,13 +219,13 @@ def fdiv_loss_with_integer_labels(
         )
     theta, q_arr, logits = _rows.prepare(logits, q, axis=axis, where=where, temperature=temperature)
     index = jnp.clip(labels, 0, k - 1)
-    theta_y = jnp.take_along_axis(theta, index[..., None], axis=-1)[..., 0]
+    theta_y = _pick(theta, index)
     q_y = _gather_classes(q_arr, index)
     q_sum = q_arr[..., 0] * k if q_arr.shape[-1] == 1 else _rows.row_sum(q_arr)
     value, shift = _softmax_parts(theta, q_arr, gen, solver, num_iters)  # θ_y − m is exact
     loss = value + _one_hot_divergence(q_y, q_sum, gen) - (theta_y - shift)
     loss = jnp.where((labels >= 0) & (labels < k), loss, jnp.nan)
-    return jnp.where(_is_empty(theta), 0.0, loss)
+    return jnp.where(_is_empty(value), 0.0, loss)
 
 
 def _gather_classes(q: Array, index: Array) -> Array:

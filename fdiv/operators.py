@@ -63,18 +63,17 @@ def _probabilities_rel(theta: Array, q: Array, t: Array, gen: Generator) -> Arra
     return q * gen.conj_grad_rel(theta - t[..., None])
 
 
-def _shifted_root(theta, q, gen, solver, num_iters) -> tuple[Array, rf.Root, rf.RowStats]:
-    """``(z, root, stats)``: the logits minus the solver's frame ``root.shift``, the root and
-    the row's statistics.
+def _shifted_root(theta, q, gen, solver, num_iters) -> tuple[Array, rf.Root, rf.RowTotals]:
+    """``(z, root, totals)``: the logits minus the solver's frame ``root.shift``, the root and
+    the row's sums.
 
     The frame is the row max moved next to the root (see ``root_finding._Frame``): it keeps τ
     exact for huge logits (1e9 + τ would round τ away in float32) and resolves the classes at
     the edge of the support. The shift is a constant for differentiation: every function here
     is invariant to it.
     """
-    stats = rf.row_stats(theta, q)
-    root = rf.solve_anchored(stats, q, gen, solver, num_iters)
-    return theta - root.shift[..., None], root, stats
+    root, totals = rf.solve(theta, q, gen, solver, num_iters)
+    return theta - root.shift[..., None], root, totals
 
 
 def _softargmax_last(theta, q, gen, solver, num_iters) -> Array:
@@ -94,7 +93,7 @@ def _conj_terms(theta: Array, t: Array, gen: Generator) -> Array:
     return jnp.where(theta != -jnp.inf, conj, 0.0)
 
 
-def _value_rel(theta: Array, q: Array, t: Array, gen: Generator, stats: rf.RowStats) -> Array:
+def _value_rel(theta: Array, q: Array, t: Array, gen: Generator, totals: rf.RowTotals) -> Array:
     """``τ + Σ_j q_j f*(θ_j − τ)`` from the anchored root ``t = τ + a`` (−inf for an empty row).
 
     For KL, ``Σ_j q_j f*(θ_j − τ) = Σ_j p_j − Σ_j q_j = 1 − Q`` at the root: no pass.
@@ -105,13 +104,29 @@ def _value_rel(theta: Array, q: Array, t: Array, gen: Generator, stats: rf.RowSt
     for 1000 ties with χ², different between the fused head's chunks and a whole batch).
     """
     if isinstance(gen, KL):
-        value = t + 1.0 - stats.q_sum
+        value = t + 1.0 - totals.q_sum
     elif gen.is_sparse:
         excess = _rows.row_sum(q * (_conj_terms(theta, t, gen) + gen.f_at_zero))
-        value = t - gen.anchor + excess - stats.q_sum * gen.f_at_zero
+        value = t - gen.anchor + excess - totals.q_sum * gen.f_at_zero
     else:
         value = t - gen.anchor + _rows.row_sum(q * _conj_terms(theta, t, gen))
-    return jnp.where(stats.empty, -jnp.inf, value)
+    return jnp.where(totals.empty, -jnp.inf, value)
+
+
+def _value_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array, Array]:
+    """``(softmax_f(θ; q) − m, m, t)`` per row: the value in the solver's frame ``m`` and the
+    anchored root ``t`` in that frame, differentiable through the root's implicit derivative.
+
+    One block of rows at a time on CPU (``root_finding.map_rows``): the row max, the solver's
+    passes and the value's pass all read the block from cache.
+    """
+
+    def rows(theta: Array, q: Array) -> tuple[Array, Array, Array]:
+        z, root, totals = _shifted_root(theta, q, gen, solver, num_iters)
+        t = _implicit_root_for(gen)(z, q, root.t)
+        return _value_rel(z, q, t, gen, totals), root.shift, t
+
+    return rf.map_rows(rows, theta, q, gen, solver)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
@@ -124,27 +139,36 @@ def _softmax_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array]:
     whole derivative of ``softmax_f``, so only the sum (or the first part minus logits shifted
     by ``m``) is meaningful to differentiate.
     """
-    z, root, stats = _shifted_root(theta, q, gen, solver, num_iters)
-    return _value_rel(z, q, root.t, gen, stats), root.shift
+    value, shift, _ = _value_parts(theta, q, gen, solver, num_iters)
+    return value, shift
+
+
+@functools.partial(jax.checkpoint, static_argnums=(5,))
+def _envelope_tangent(theta, shift, q, t, dtheta, gen: Generator) -> Array:
+    """``Σ_j p*_j θ̇_j``, recomputing ``p*`` from the logits where it is needed.
+
+    Rematerialised: reverse mode keeps the logits and two floats per row for the backward pass
+    instead of ``p*`` (one array ``[N, k]`` less to write and read back).
+    """
+    p = _probabilities_rel(theta - shift[..., None], q, t, gen)
+    return _rows.row_sum(jnp.where(p > 0, p * dtheta, 0.0))
 
 
 @functools.partial(_softmax_parts.defjvp, symbolic_zeros=True)
 def _softmax_parts_jvp(gen, solver, num_iters, primals, tangents):
     theta, q = primals
     dtheta, dq = tangents
-    z, root, stats = _shifted_root(theta, q, gen, solver, num_iters)
-    t = _implicit_root_for(gen)(z, q, root.t)
     # The primal outputs must be differentiable consistently with the tangent below (higher
-    # derivatives differentiate this rule): the shift (root.shift, out of the solver) is a
-    # constant, as it is inside z.
-    value = _value_rel(z, q, t, gen, stats)
+    # derivatives differentiate this rule): t carries the implicit derivative, the shift (out of
+    # the solver) is a constant.
+    value, shift, t = _value_parts(theta, q, gen, solver, num_iters)
     tangent = jnp.zeros_like(value)
     if not isinstance(dtheta, SymbolicZero):
-        p = _probabilities_rel(z, q, t, gen)
-        tangent = tangent + _rows.row_sum(jnp.where(p > 0, p * dtheta, 0.0))
+        tangent = tangent + _envelope_tangent(theta, shift, q, t, dtheta, gen)
     if not isinstance(dq, SymbolicZero):
+        z = theta - shift[..., None]
         tangent = tangent + _rows.row_sum(_conj_terms(z, t, gen) * dq)
-    return (value, root.shift), (tangent, jnp.zeros_like(root.shift))
+    return (value, shift), (tangent, jnp.zeros_like(shift))
 
 
 def _softmax_last(theta, q, gen, solver, num_iters) -> Array:

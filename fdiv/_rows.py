@@ -24,7 +24,7 @@ Q_NAMES = ("uniform", "unit")
 
 
 # Longest row that row_sum reduces in one piece (see there).
-_MAX_ROW = 32768
+MAX_ROW = 32768
 
 
 def row_sum(x: Array) -> Array:
@@ -39,8 +39,8 @@ def row_sum(x: Array) -> Array:
     reshape is free.
     """
     v = x.shape[-1]
-    pieces = next((k for k in range(2, v // 1024 + 1) if v % k == 0 and v // k <= _MAX_ROW), 1)
-    if v <= _MAX_ROW or pieces == 1:
+    pieces = next((k for k in range(2, v // 1024 + 1) if v % k == 0 and v // k <= MAX_ROW), 1)
+    if v <= MAX_ROW or pieces == 1:
         return jnp.sum(x, axis=-1)
     partial = jnp.sum(x.reshape(-1, v // pieces), axis=-1)
     return jnp.sum(partial.reshape(*x.shape[:-1], pieces), axis=-1)

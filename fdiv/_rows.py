@@ -72,14 +72,11 @@ def map_row_blocks(fn: Callable[[Array, Array], T], theta: Array, q: Array) -> T
     lead, k = theta.shape[:-1], theta.shape[-1]
     n = math.prod(lead)
     shared = all(d == 1 for d in q.shape[:-1])
-    if not shared and q.shape[:-1] != lead:  # partly broadcast q: one block
+    if not shared and q.shape[:-1] != lead:  # partly broadcast q: one block, shape kept
         return fn(theta, q)
     theta2 = theta.reshape(n, k)
     q2 = q.reshape(1 if shared else n, q.shape[-1])
     rows = max(1, _BLOCK_ELEMENTS // max(k, 1))
-
-    def whole(theta2, q2):
-        return fn(theta2, q2)
 
     def blocked(theta2, q2):
         out_shapes = jax.eval_shape(fn, theta2[:rows], q2[:rows])
@@ -98,9 +95,9 @@ def map_row_blocks(fn: Callable[[Array, Array], T], theta: Array, q: Array) -> T
         return jax.lax.fori_loop(0, -(-n // rows), block, init)
 
     if rows >= n:
-        out = whole(theta2, q2)
+        out = fn(theta2, q2)
     else:
-        out = jax.lax.platform_dependent(theta2, q2, cpu=blocked, default=whole)
+        out = jax.lax.platform_dependent(theta2, q2, cpu=blocked, default=fn)
     return jax.tree.map(lambda o: o.reshape(*lead, *o.shape[1:]), out)
 
 

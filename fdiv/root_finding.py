@@ -12,7 +12,14 @@ Bracket (with ``θ`` shifted so that its row max is 0, ``j⁺`` the argmax,
 ``τ_hi = −f'(1 / Q)`` (no class has more than its share ``q_j / Q``). When
 ``(f*)'`` is convex (α ≤ 2 and every named divergence), Jensen's inequality gives
 the lower bound ``Σ_j q_j θ_j / Q − f'(1 / Q)``, much tighter for rows without
-outliers.
+outliers. For sparse generators with q shared by the classes, the root of the
+equation restricted to the maxima of 128 segments of the row is a lower bound too,
+and the root itself when the support lies within them (``_candidates_bound``): the
+few classes that carry a unit-q row.
+
+Blocks: on CPU, :func:`solve` runs one block of rows at a time (see
+``_rows.map_row_blocks``), so that nothing of size ``[N, k]`` is materialised
+between the passes.
 
 Anchored root: the solvers find ``t = τ + a`` rather than ``τ``, with ``a =
 gen.anchor`` the end of the support or the pole of ``(f*)'`` (see
@@ -78,7 +85,7 @@ T = TypeVar("T")
 # k = 256k): 30 halvings reach the float32 resolution, 60 the float64 one.
 # Newton on the transformed function converges quadratically from the Jensen
 # bound when it is monotone, the secant steps that follow its first step with
-# order 1.6 (so the cap counts ~1.5× Newton's steps, each a third of the cost);
+# order 1.6 (so the cap counts ~1.5× Newton's steps, each about half the cost);
 # for α > 2 it is not monotone (support changes make it cycle and the safeguard
 # falls back to bisection), so it gets bisection's budget.
 _ITERATIONS = {
@@ -340,9 +347,10 @@ def _newton(stats, q, gen, lo, hi, max_iters) -> Root:
     others are secant steps through the last two iterates, in the frame of the first Newton
     iterate. From two points left of the root the secant of a convex decreasing ``F`` crosses 0
     left of the root too, so the iterates still increase monotonically, and a secant step needs
-    one sum over the classes where a Newton step needs two (``S`` and ``S'``), which XLA:CPU
-    computes as three passes over ``[N, V]`` (the shared elementwise map written once, then
-    read by each sum): a secant step costs a third of a Newton step for 1.44× the steps.
+    one sum over the classes where a Newton step needs two (``S`` and ``S'``): on XLA:CPU a
+    two-output reduction costs about two one-output passes over a block of rows in cache (three
+    over a whole ``[N, V]``, whose shared elementwise map goes through memory), for 1.44× the
+    steps.
     """
     if not gen.newton_from_left:
         return _newton_from_right(stats, q, gen, lo, hi, max_iters)
@@ -450,9 +458,14 @@ def map_rows(
     of at most 32768 classes, whose two passes then stream faster than the blocks loop (longer
     rows take XLA:CPU's slow path, see ``_rows.row_sum``: in blocks the KL loss at V = 128k
     runs 1.6× faster)."""
-    if is_closed_form(gen, solver) and theta.shape[-1] <= _rows.MAX_ROW:
+    if streams(gen, solver, theta.shape[-1]):
         return fn(theta, q)
     return _rows.map_row_blocks(fn, theta, q)
+
+
+def streams(gen: Generator, solver: str, k: int) -> bool:
+    """Whether rows of ``k`` classes are solved over whole arrays (see :func:`map_rows`)."""
+    return is_closed_form(gen, solver) and k <= _rows.MAX_ROW
 
 
 def solve(

@@ -43,7 +43,12 @@ def rng():
 # Known library failures, listed here in one place so that they stay visible: each is marked
 # xfail(strict=True), so a fix makes the suite fail until its line is removed. See the notes
 # on issues 2 and 3.
-KNOWN_FAILURES: dict[str, str] = {}
+KNOWN_FAILURES: dict[str, str] = {
+    "tests/test_operators.py::test_temperature_inside_the_jit_near_a_pole": (
+        "logits scaled inside the jit are recomputed in each solver pass with different "
+        "rounding (README, Status)"
+    ),
+}
 
 
 _GROUPED_FILES = ("test_operators.py", "test_losses.py", "test_solvers.py")

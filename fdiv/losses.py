@@ -9,8 +9,9 @@ minus the entropy of ``y``) for soft ones.
 
 The gradient comes from :func:`fdiv.f_softmax`'s envelope rule: the backward
 pass is ``g · (p* − y)``, one fused pass that recomputes ``p*`` from the logits
-and the per-row root (nothing of size ``[N, k]`` is kept from the forward pass);
-the root finder is never differentiated and its iterates are never stored.
+and the per-row root (nothing of size ``[N, k]`` is kept from the forward pass;
+KL's streaming log-sum-exp keeps ``exp(θ − max θ)`` instead, as cross-entropy
+does); the root finder is never differentiated and its iterates are never stored.
 
 ``D_f(y, q)`` is kept so that the loss is zero at its minimum for soft targets.
 Where ``f(0) = +∞`` (``"reverse_kl"``, ``alpha`` with α < 0) the terms of

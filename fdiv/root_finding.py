@@ -126,7 +126,7 @@ class Root(NamedTuple):
 
 
 class RowTotals(NamedTuple):
-    """The per-row sums the operators need besides the root."""
+    """Per-row quantities of the reference measure the operators need besides the root."""
 
     q_sum: Array  # Q = Σ_j q_j (1 for an empty row)
     empty: Array  # True where every class is masked

@@ -16,11 +16,13 @@ logits of 1e9 are as exact as there). The gradients follow from ``∇_θ ℓ_i =
 
     ∇_h ℓ = (P* − Y) Wᵀ / T,        ∇_W ℓ = hᵀ (P* − Y) / T,
 
-accumulated chunk by chunk (``∇_W`` in float32). A custom VJP keeps only the frame and the
-anchored root (two floats per token) from the forward pass with ``reduction="none"`` and
-recomputes each chunk's logits and ``p*`` in the backward pass; with ``reduction="sum"`` or
-``"mean"`` the cotangent is a scalar, so the forward pass computes both gradients directly and
-the backward pass only scales them. Peak memory is ``O(C·V + D·V)`` instead of ``O(N·V)``.
+accumulated chunk by chunk (``∇_W`` in float32, in place, a block of columns at a time). A
+custom VJP keeps only the frame, the anchored root and the row's emptiness from the forward pass
+with ``reduction="none"`` and recomputes each chunk's logits and ``p*`` in the backward pass;
+with ``reduction="sum"`` or ``"mean"`` the cotangent is a scalar, so the forward pass computes
+both gradients directly and the backward pass only scales them. Besides the gradients
+themselves, the memory is that of one chunk's logits and their gradient, ``O(C·V)``, instead
+of ``O(N·V)``.
 
 For sparse divergences (``"chi2"``, ``"alpha:α"`` with α > 1), ``p*`` is exactly zero off
 its support, as in the unfused loss.
@@ -38,8 +40,15 @@ import jax.numpy as jnp
 from fdiv import _rows
 from fdiv import root_finding as rf
 from fdiv.divergences import Generator, get_generator
-from fdiv.losses import _divergence_to_reference, _one_hot_divergence
-from fdiv.operators import _check_solver, _probabilities_rel, _shifted_root, _value_rel
+from fdiv.losses import (
+    _divergence_to_reference,
+    _gather_classes,
+    _is_empty,
+    _one_hot_divergence,
+    _pick,
+    _reference_mass,
+)
+from fdiv.operators import _check_solver, _probabilities_rel, _value_parts
 
 Array = jax.Array
 REDUCTIONS = ("none", "sum", "mean")
@@ -116,83 +125,112 @@ def _chunk_targets(static: _Static, theta: Array, chunk: dict) -> Array:
     return jnp.where(unmasked, y, 0.0)
 
 
-def _has_grad(static: _Static, theta: Array, chunk: dict) -> Array:
+def _has_grad(static: _Static, empty: Array, chunk: dict, k: int) -> Array:
     """Tokens with a gradient: unmasked, not every class masked, an in-range integer label."""
-    ok = chunk["token_ok"] & jnp.any(theta != -jnp.inf, axis=-1)
+    ok = chunk["token_ok"] & ~empty
     if static.kind == _INTEGER:
-        ok = ok & (chunk["labels"] >= 0) & (chunk["labels"] < theta.shape[-1])
+        ok = ok & (chunk["labels"] >= 0) & (chunk["labels"] < k)
     return ok
 
 
 def _chunk_loss(
     static: _Static, theta: Array, q_arr: Array, chunk: dict
 ) -> tuple[Array, rf.Root, Array]:
-    """Per-token loss, root and ``θ − m`` (``m`` the solver's frame) of one chunk.
+    """Per-token loss, root (frame ``m`` and anchored root) and emptiness of one chunk.
 
     As in the unfused loss, everything is computed relative to ``m``: ``⟨θ, y⟩ = ⟨θ − m, y⟩ +
-    m Σy`` and ``m`` cancels against the f-softmax's when ``Σy = 1``.
+    m Σy`` and ``m`` cancels against the f-softmax's when ``Σy = 1``. The value comes from the
+    unfused loss's own blocked computation (:func:`fdiv.operators._value_parts`), so nothing
+    of the chunk's size is written but its logits and their gradient.
     """
-    gen = static.gen
-    z, root, stats = _shifted_root(theta, q_arr, gen, static.solver, static.num_iters)
-    value = _value_rel(z, q_arr, root.t, gen, stats)
-    unmasked = theta != -jnp.inf
+    gen, k = static.gen, theta.shape[-1]
+    value, shift, t = _value_parts(theta, q_arr, gen, static.solver, static.num_iters)
+    empty = _is_empty(value)
+    q_sum = _reference_mass(q_arr, k)
     valid = jnp.ones(theta.shape[:1], bool)
     mass = 1.0  # Σ_j y_j
     if static.kind == _INTEGER:
-        k = theta.shape[-1]
         labels = chunk["labels"]
         valid = (labels >= 0) & (labels < k)
-        index = jnp.clip(labels, 0, k - 1)[:, None]
-        inner = jnp.take_along_axis(z, index, axis=-1)[:, 0]
-        q_y = jnp.take_along_axis(jnp.broadcast_to(q_arr, theta.shape), index, axis=-1)[:, 0]
-        divergence = _one_hot_divergence(q_y, stats.q_sum, gen)
+        index = jnp.clip(labels, 0, k - 1)
+        inner = _pick(theta, index) - shift
+        divergence = _one_hot_divergence(_gather_classes(q_arr, index), q_sum, gen)
     elif static.kind == _DENSE:
         y = chunk["labels"].astype(theta.dtype)
-        inner = _rows.row_sum(jnp.where(unmasked, z, 0.0) * y)
+        z = theta - shift[:, None]
+        inner = _rows.row_sum(jnp.where(theta != -jnp.inf, z, 0.0) * y)
         divergence = _divergence_to_reference(y, q_arr, gen)
         mass = _rows.row_sum(y)
     else:
-        index = jnp.clip(chunk["indices"], 0, theta.shape[-1] - 1)
+        index = jnp.clip(chunk["indices"], 0, k - 1)
         values = chunk["values"].astype(theta.dtype)
-        z_k = jnp.take_along_axis(z, index, axis=-1)
-        q_k = jnp.take_along_axis(jnp.broadcast_to(q_arr, theta.shape), index, axis=-1)
-        ok_k = z_k != -jnp.inf
-        inner = _rows.row_sum(jnp.where(ok_k, z_k, 0.0) * values)
-        divergence = _top_k_divergence(q_k, values, ok_k, stats.q_sum, gen)
+        theta_k = jnp.take_along_axis(theta, index, axis=-1)
+        q_k = _gather_classes(q_arr[:, None, :], index)
+        ok_k = theta_k != -jnp.inf
+        inner = _rows.row_sum(jnp.where(ok_k, theta_k - shift[:, None], 0.0) * values)
+        divergence = _top_k_divergence(q_k, values, ok_k, q_sum, gen)
         mass = _rows.row_sum(values)
     loss = value + divergence - inner
     if static.kind != _INTEGER:
-        loss = loss + root.shift * (1.0 - mass)
+        loss = loss + shift * (1.0 - mass)
     loss = jnp.where(valid, loss, jnp.nan)
     # A token with every class masked is padding (loss 0, no gradient), as in the unfused loss.
-    loss = jnp.where(~stats.empty & chunk["token_ok"], loss, 0.0)
-    return loss, root, z
+    loss = jnp.where(~empty & chunk["token_ok"], loss, 0.0)
+    return loss, rf.Root(shift, t), empty
 
 
 def _chunk_dlogits(
-    static: _Static, theta: Array, z: Array, q_arr: Array, t: Array, g: Array, chunk: dict
+    static: _Static,
+    theta: Array,
+    q_arr: Array,
+    root: rf.Root,
+    empty: Array,
+    g: Array,
+    chunk: dict,
 ) -> Array:
-    """``g ⊙ (p* − y) / T`` for one chunk (``z = θ − m``), zero for tokens without a gradient."""
-    p = _probabilities_rel(z, q_arr, t, static.gen)
-    g = jnp.where(_has_grad(static, theta, chunk), g, 0.0)
+    """``g ⊙ (p* − y) / T`` for one chunk, zero for tokens without a gradient."""
+    p = _probabilities_rel(theta - root.shift[:, None], q_arr, root.t, static.gen)
+    g = jnp.where(_has_grad(static, empty, chunk, theta.shape[-1]), g, 0.0)
     dtheta = (p - _chunk_targets(static, theta, chunk)) * g[:, None]
     return dtheta / static.temperature if static.temperature != 1.0 else dtheta
 
 
-def _chunk_grads(h: Array, weight: Array, dlogits: Array) -> tuple[Array, Array]:
-    """``(dlogits Wᵀ, hᵀ dlogits)``: matmuls in the input dtype, accumulated in float32."""
+# Columns of the weight gradient updated at a time: the update ``hᵀ (P* − Y)`` of a whole
+# ``[D, V]`` would need a temporary as large as the gradient itself.
+_WEIGHT_BLOCK = 4096
+
+
+def _chunk_grads(h: Array, weight: Array, dlogits: Array, dweight: Array) -> tuple[Array, Array]:
+    """``(dlogits Wᵀ, dweight + hᵀ dlogits)``: matmuls in the input dtype, float32 accumulation.
+
+    ``dweight`` is updated in place, ``_WEIGHT_BLOCK`` columns at a time, so that no
+    temporary of its size exists. The last block overlaps the one before; its columns
+    already updated get a zero update.
+    """
     acc = _rows.compute_dtype(h.dtype)
     dlogits = dlogits.astype(h.dtype)
     dh = jnp.einsum("cv,dv->cd", dlogits, weight, preferred_element_type=acc)
-    dw = jnp.einsum("cd,cv->dv", h, dlogits, preferred_element_type=acc)
-    return dh, dw
+    k = weight.shape[1]
+    width = min(_WEIGHT_BLOCK, k)
+    n_blocks = -(-k // width)
+
+    def update(j, dweight):
+        start = jnp.minimum(j * width, k - width)
+        block = jax.lax.dynamic_slice_in_dim(dlogits, start, width, axis=1)
+        fresh = jax.lax.broadcasted_iota(jnp.int32, (1, width), 1) + start >= j * width
+        block = jnp.where(fresh, block, 0)
+        dw = jnp.einsum("cd,cv->dv", h, block, preferred_element_type=acc)
+        old = jax.lax.dynamic_slice_in_dim(dweight, start, width, axis=1)
+        return jax.lax.dynamic_update_slice_in_dim(dweight, old + dw, start, axis=1)
+
+    return dh, jax.lax.fori_loop(0, n_blocks, update, dweight)
 
 
 def _scan_forward(static: _Static, h: Array, weight: Array, aux: dict, *, with_grads: bool):
     """One pass over the chunks: per-token losses and roots, and optionally the gradients.
 
-    With ``with_grads`` (scalar reductions) the gradients of the reduced loss are returned
-    unscaled by the upstream cotangent: ``(losses, roots, dh, dweight)``.
+    Returns ``(losses, roots, empty)``; with ``with_grads`` (scalar reductions) the gradients
+    of the reduced loss instead, unscaled by the upstream cotangent: ``(losses, dh, dweight)``.
     """
     consts, xs = aux["consts"], aux["chunks"]
     acc = _rows.compute_dtype(h.dtype)
@@ -200,12 +238,12 @@ def _scan_forward(static: _Static, h: Array, weight: Array, aux: dict, *, with_g
     def body(dweight, x):
         h_c, chunk = x
         theta, q_arr = _chunk_theta(static, h_c, weight, chunk, consts)
-        loss, root, z = _chunk_loss(static, theta, q_arr, chunk)
+        loss, root, empty = _chunk_loss(static, theta, q_arr, chunk)
         if not with_grads:
-            return dweight, (loss, root)
-        dlogits = _chunk_dlogits(static, theta, z, q_arr, root.t, consts["scale"], chunk)
-        dh, dw = _chunk_grads(h_c, weight, dlogits)
-        return dweight + dw, (loss, root, dh)
+            return dweight, (loss, root, empty)
+        dlogits = _chunk_dlogits(static, theta, q_arr, root, empty, consts["scale"], chunk)
+        dh, dweight = _chunk_grads(h_c, weight, dlogits, dweight)
+        return dweight, (loss, dh)
 
     init = jnp.zeros(weight.shape, acc) if with_grads else None
     dweight, out = jax.lax.scan(body, init, (h, xs))
@@ -220,15 +258,15 @@ def _reduce(static: _Static, losses: Array, consts: dict) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused(static: _Static, h: Array, weight: Array, aux: dict) -> Array:
-    losses, _ = _scan_forward(static, h, weight, aux, with_grads=False)
+    losses, _, _ = _scan_forward(static, h, weight, aux, with_grads=False)
     return _reduce(static, losses, aux["consts"])
 
 
 def _fused_fwd(static: _Static, h: Array, weight: Array, aux: dict):
     if static.reduction == "none":
-        losses, roots = _scan_forward(static, h, weight, aux, with_grads=False)
-        return losses, (h, weight, aux, roots)
-    losses, _, dh, dweight = _scan_forward(static, h, weight, aux, with_grads=True)
+        losses, roots, empty = _scan_forward(static, h, weight, aux, with_grads=False)
+        return losses, (h, weight, aux, roots, empty)
+    losses, dh, dweight = _scan_forward(static, h, weight, aux, with_grads=True)
     return _reduce(static, losses, aux["consts"]), (dh, dweight)
 
 
@@ -236,19 +274,18 @@ def _fused_bwd(static: _Static, residuals, g: Array):
     if static.reduction != "none":
         dh, dweight = residuals
         return (g * dh).astype(static.dtype), (g * dweight).astype(static.dtype), None
-    h, weight, aux, roots = residuals
+    h, weight, aux, roots, empty = residuals
     consts, xs = aux["consts"], aux["chunks"]
 
     def body(dweight, x):
-        h_c, chunk, root, g_c = x
+        h_c, chunk, root, empty_c, g_c = x
         theta, q_arr = _chunk_theta(static, h_c, weight, chunk, consts)
-        z = theta - root.shift[:, None]
-        dlogits = _chunk_dlogits(static, theta, z, q_arr, root.t, g_c, chunk)
-        dh, dw = _chunk_grads(h_c, weight, dlogits)
-        return dweight + dw, dh
+        dlogits = _chunk_dlogits(static, theta, q_arr, root, empty_c, g_c, chunk)
+        dh, dweight = _chunk_grads(h_c, weight, dlogits, dweight)
+        return dweight, dh
 
     init = jnp.zeros(weight.shape, _rows.compute_dtype(h.dtype))
-    dweight, dh = jax.lax.scan(body, init, (h, xs, roots, g))
+    dweight, dh = jax.lax.scan(body, init, (h, xs, roots, empty, g))
     return dh.astype(static.dtype), dweight.astype(static.dtype), None
 
 
@@ -286,7 +323,7 @@ def fused_linear_fdiv_loss(
     where: Array | None = None,
     class_where: Array | None = None,
     temperature: float = 1.0,
-    chunk_size: int = 512,
+    chunk_size: int = 256,
     reduction: str = "none",
     solver: str = "auto",
     num_iters: int | None = None,
@@ -297,9 +334,9 @@ def fused_linear_fdiv_loss(
     same values and gradients (for ``hidden`` and ``weight``) as
     ``fdiv.fdiv_loss_with_integer_labels(hidden @ weight, labels, divergence, ...)`` (or
     :func:`fdiv.fdiv_loss` for soft targets), computed ``chunk_size`` tokens at a time so
-    that peak memory is ``O(chunk_size · V + D · V)`` instead of ``O(N · V)``. Matmuls run in
-    the input dtype (e.g. bfloat16) with float32 accumulation, the root search in float32
-    (float64 for float64 inputs); the gradient of ``weight`` is accumulated in float32.
+    that memory beyond the gradients is ``O(chunk_size · V)`` instead of ``O(N · V)``. Matmuls
+    run in the input dtype (e.g. bfloat16) with float32 accumulation, the root search in
+    float32 (float64 for float64 inputs); the gradient of ``weight`` is accumulated in float32.
 
     Args:
       hidden: ``[N, D]`` hidden states (the tokens).
@@ -322,8 +359,9 @@ def fused_linear_fdiv_loss(
       temperature: a positive Python float ``T``: the loss of ``hidden @ weight / T``.
       chunk_size: tokens per chunk (any positive integer; the last chunk is padded). Peak
         memory grows about linearly with it; at ``V = 32k``, ``D = 512``, ``N = 8192`` the
-        default 512 keeps it under 1/8 of the unfused path's at no cost in time (see
-        ``results/benchmarks/lm_head.csv``).
+        default 256 keeps it (gradients included) under 1/8 of the unfused path's at no cost
+        in time on CPU (see ``results/benchmarks/lm_head.csv``); larger chunks make larger
+        matmuls, which may pay on GPU/TPU.
       reduction: ``"none"`` (per-token losses ``[N]``), ``"sum"``, or ``"mean"`` (the sum
         divided by the number of unmasked tokens, at least 1).
       solver, num_iters: see :func:`fdiv.f_softargmax`.

@@ -67,6 +67,11 @@ def _one_hot_divergence(q_y: Array, q_sum: Array, gen: Generator) -> Array:
     return d
 
 
+def _reference_mass(q: Array, k: int) -> Array:
+    """``Q = Σ_j q_j`` per row of ``k`` classes (``q`` broadcastable to the rows)."""
+    return q[..., 0] * k if q.shape[-1] == 1 else _rows.row_sum(q)
+
+
 def _is_empty(value: Array) -> Array:
     """Rows whose every logit is ``-inf`` (every class masked), from their f-softmax value
     (``-inf`` exactly for those rows): loss 0, no gradient."""
@@ -223,7 +228,7 @@ def fdiv_loss_with_integer_labels(
     index = jnp.clip(labels, 0, k - 1)
     theta_y = _pick(theta, index)
     q_y = _gather_classes(q_arr, index)
-    q_sum = q_arr[..., 0] * k if q_arr.shape[-1] == 1 else _rows.row_sum(q_arr)
+    q_sum = _reference_mass(q_arr, k)
     value, shift = _softmax_parts(theta, q_arr, gen, solver, num_iters)  # θ_y − m is exact
     loss = value + _one_hot_divergence(q_y, q_sum, gen) - (theta_y - shift)
     loss = jnp.where((labels >= 0) & (labels < k), loss, jnp.nan)

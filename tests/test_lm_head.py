@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import fdiv
+from fdiv import lm_head
 from fdiv.lm_head import fused_linear_fdiv_loss
 
 N, D, V = 13, 8, 24
@@ -343,6 +344,31 @@ def test_peak_memory_does_not_grow_with_tokens():
     logits_row = v * 4
     assert temp_bytes(2048, unfused) >= 2048 * logits_row  # the unfused path holds the logits
     assert large - small < (2048 - 512) * logits_row / 32  # the fused one a few chunks of them
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_weight_gradient_in_column_blocks(reduction, problem, monkeypatch):
+    """Blocks of 7 of the 24 columns: the last block overlaps the one before it."""
+    monkeypatch.setattr(lm_head, "_WEIGHT_BLOCK", 7)
+    hidden, weight, labels, cotangent = problem
+    args = ("alpha:1.5", "unit", reduction, labels)
+    fused = _value_and_grads(_fused(*args, chunk_size=5), hidden, weight, cotangent, reduction)
+    unfused = _value_and_grads(_unfused(*args), hidden, weight, cotangent, reduction)
+    _assert_same(fused, unfused)
+
+
+def test_no_temporary_the_size_of_the_weight(monkeypatch):
+    """The weight's gradient is updated in place: the temporaries hold a block of its columns."""
+    monkeypatch.setattr(lm_head, "_WEIGHT_BLOCK", 512)
+    n, d, v = 64, 1024, 4096
+    args = (jnp.zeros((n, d)), jnp.zeros((d, v)), jnp.zeros(n, jnp.int32))
+
+    def fused(h, w, y):
+        return fused_linear_fdiv_loss(h, w, y, "alpha:1.5", chunk_size=8, reduction="sum")
+
+    grad = jax.jit(jax.grad(fused, argnums=(0, 1)))
+    temp = grad.lower(*args).compile().memory_analysis().temp_size_in_bytes
+    assert temp < d * v * 4 / 2
 
 
 @pytest.mark.parametrize(

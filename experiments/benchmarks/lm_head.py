@@ -10,7 +10,7 @@ about ``2 · N(0, 1)``) and integer labels, float32. Candidates, each
 * ``fused_none``: the sum of its ``reduction="none"`` losses (τ kept per token, logits
   recomputed in the backward scan);
 
-both with the default ``chunk_size=512``, and ``fused_sum`` with 1024 too.
+both with the default ``chunk_size=256``, and ``fused_sum`` with 512 too.
 
 Each row also gives the largest difference of the loss and of both gradients to ``unfused``,
 relative to the largest magnitude of the unfused value.
@@ -37,7 +37,7 @@ SIZES = {"full": (8192, 512, 32768), "quick": (64, 16, 256)}  # N, D, V
 # (path, chunk size): both fused paths at the default chunk, and "sum" at a larger chunk
 # (peak memory is about linear in the chunk).
 FUSED = {
-    "full": (("sum", 512), ("none", 512), ("sum", 1024)),
+    "full": (("sum", 256), ("none", 256), ("sum", 512)),
     "quick": (("sum", 16), ("none", 16)),
 }
 REPEATS = {"full": 5, "quick": 2}

@@ -69,18 +69,38 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 
 
 def hardware() -> str:
-    """The devices in a few words: ``"1x cpu (Intel Xeon, 2 cores)"``, ``"8x NVIDIA H100"``."""
+    """The devices in a few words: ``"1x cpu (Intel Xeon, 2 cores, AVX-512, 1024 KB cache)"``,
+    ``"8x NVIDIA H100"``.
+
+    On CPU the widest vector extension and the cache size the kernel reports are named too:
+    virtual machines of one model name differ in both, and the benchmarks' ratios with them.
+    """
     text = f"{jax.device_count()}x {jax.devices()[0].device_kind}"
     if jax.default_backend() == "cpu":
-        text += f" ({_cpu_model()}, {os.cpu_count()} cores)"
+        model, details = _cpu_description()
+        text += f" ({', '.join([model, f'{os.cpu_count()} cores', *details])})"
     return text
 
 
-def _cpu_model() -> str:
+def _cpu_description() -> tuple[str, list[str]]:
+    """The CPU's model name, and its vector extension and cache size where Linux reports them."""
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:  # Not Linux.
-        pass
-    return platform.processor() or "unknown CPU"
+        return platform.processor() or "unknown CPU", []
+    flags = set(info.get("flags", "").split())
+    vector = next((name for flag, name in _VECTOR_EXTENSIONS if flag in flags), None)
+    details = [d for d in (vector, info.get("cache size") and f"{info['cache size']} cache") if d]
+    return info.get("model name", "unknown CPU"), details
+
+
+# (cpuinfo flag, name), widest first.
+_VECTOR_EXTENSIONS = (
+    ("avx512f", "AVX-512"),
+    ("avx2", "AVX2"),
+    ("avx", "AVX"),
+    ("sse4_2", "SSE4.2"),
+)

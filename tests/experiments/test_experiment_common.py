@@ -1,6 +1,7 @@
 """Unit tests of the shared experiment machinery (experiments/common)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -177,6 +178,22 @@ def test_config_diff_and_checks():
     c = ml_collections.ConfigDict({"train": {"steps": -1}})
     with pytest.raises(config.ConfigError, match=r"config\.train\.steps = -1 is invalid"):
         config.check_positive(c, "train.steps")
+
+
+def test_hardware_names_the_cpu(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC\ncache size\t: 512 KB\n"
+        "flags\t\t: fpu sse4_2 avx avx2 fma\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\n"
+    )
+    real_path = sharding.Path
+    monkeypatch.setattr(
+        sharding, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p)
+    )
+    cores = os.cpu_count()
+    assert sharding.hardware() == f"1x cpu (AMD EPYC, {cores} cores, AVX2, 512 KB cache)"
+    cpuinfo.write_text("model name\t: Some CPU\n")
+    assert sharding.hardware() == f"1x cpu (Some CPU, {cores} cores)"
 
 
 def _toy_run(tmp_path, nan_at_step: int):

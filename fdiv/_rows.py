@@ -154,6 +154,27 @@ def _all_positive(q: Array) -> bool:
     return values is not None and bool(np.all(values > 0))
 
 
+@jax.custom_jvp
+def _uncontracted(theta: Array) -> Array:
+    """``θ``, through a select that keeps XLA:CPU from contracting the op that made it.
+
+    XLA fuses the division by the temperature into each of the solver's passes, and LLVM
+    contracts it with the pass's ``θ − m`` into a fused multiply-add in some passes but not in
+    the row max's: the passes then see the top logit an ulp apart, which moves Σp by 3e-5 to
+    4e-3 next to a pole of (f*)' (``test_temperature_inside_the_jit_near_a_pole``). A select
+    between the two is not contracted. It takes the place of ``θ / T`` as the array the backward
+    pass keeps, so it costs no memory there; on logits that are an input of the jit it would
+    add one array ``[N, k]``, which is why it guards only fdiv's own division. Its derivative is
+    the identity (the select's own would keep a mask for the backward pass).
+    """
+    return jnp.where(theta != -jnp.inf, theta, -jnp.inf)
+
+
+@_uncontracted.defjvp
+def _uncontracted_jvp(primals, tangents):
+    return _uncontracted(primals[0]), tangents[0]
+
+
 def prepare(logits, q: QLike, *, axis: int, where, temperature) -> tuple[Array, Array, Array]:
     """Returns ``(theta, q, logits)``: classes last, compute dtype, masks as ``-inf``.
 
@@ -171,7 +192,7 @@ def prepare(logits, q: QLike, *, axis: int, where, temperature) -> tuple[Array, 
         t = concrete_or_none(temperature)
         if t is not None and not np.all(t > 0):
             raise ValueError(f"temperature must be positive, got {temperature}")
-        theta = theta / temperature
+        theta = _uncontracted(theta / temperature)
     q_arr = _reference_measure(q, logits.shape, theta.dtype)
     if where is not None:
         mask = jnp.asarray(where, bool)

@@ -130,7 +130,7 @@ def fdiv_loss(
       axis: the class axis.
       where: boolean mask broadcastable to ``logits``; masked classes get no mass.
         A row with every class masked has loss 0 and zero gradient.
-      temperature: the loss of ``logits / temperature``.
+      temperature: the loss of ``logits / temperature`` (see :func:`fdiv.f_softargmax`).
       solver, num_iters: see :func:`fdiv.f_softargmax`.
 
     Returns:

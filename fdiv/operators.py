@@ -234,6 +234,9 @@ def f_softargmax(
       where: boolean mask broadcastable to ``logits``; ``False`` classes get zero
         mass (as do ``-inf`` logits). A row with every class masked gives zeros.
       temperature: positive; the operator is applied to ``logits / temperature``.
+        Other than 1, ``logits / temperature`` is written once (an array the size of
+        the logits) so that every pass of the solver sees it rounded alike: prefer it
+        to scaling the logits yourself in the same jit (README, "Status").
       solver: ``"auto"`` (default), ``"newton"`` or ``"bisect"`` (see
         :mod:`fdiv.root_finding`).
       num_iters: solver iterations (default: per solver and dtype).

@@ -44,9 +44,9 @@ def rng():
 # xfail(strict=True), so a fix makes the suite fail until its line is removed. See the notes
 # on issues 2 and 3.
 KNOWN_FAILURES: dict[str, str] = {
-    "tests/test_operators.py::test_temperature_inside_the_jit_near_a_pole": (
-        "logits scaled inside the jit are recomputed in each solver pass with different "
-        "rounding (README, Status)"
+    "tests/test_operators.py::test_logits_scaled_by_the_caller_inside_the_jit_near_a_pole": (
+        "logits scaled inside the caller's jit are recomputed in each solver pass with "
+        "different rounding (README, Status)"
     ),
 }
 

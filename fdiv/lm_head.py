@@ -165,7 +165,7 @@ def _chunk_loss(
         index = jnp.clip(chunk["indices"], 0, k - 1)
         values = chunk["values"].astype(theta.dtype)
         theta_k = jnp.take_along_axis(theta, index, axis=-1)
-        q_k = _gather_classes(q_arr[:, None, :], index)
+        q_k = jnp.take_along_axis(jnp.broadcast_to(q_arr, theta.shape), index, axis=-1)
         ok_k = theta_k != -jnp.inf
         inner = _rows.row_sum(jnp.where(ok_k, theta_k - shift[:, None], 0.0) * values)
         divergence = _top_k_divergence(q_k, values, ok_k, q_sum, gen)

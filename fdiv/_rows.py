@@ -162,10 +162,11 @@ def _uncontracted(theta: Array) -> Array:
     contracts it with the pass's ``θ − m`` into a fused multiply-add in some passes but not in
     the row max's: the passes then see the top logit an ulp apart, which moves Σp by 3e-5 to
     4e-3 next to a pole of (f*)' (``test_temperature_inside_the_jit_near_a_pole``). A select
-    between the two is not contracted. It takes the place of ``θ / T`` as the array the backward
-    pass keeps, so it costs no memory there; on logits that are an input of the jit it would
-    add one array ``[N, k]``, which is why it guards only fdiv's own division. Its derivative is
-    the identity (the select's own would keep a mask for the backward pass).
+    between the two is not contracted. Its cost: XLA then writes ``θ / T`` once, one array the
+    size of the logits that the passes read (without it each pass recomputes ``θ / T`` from the
+    logits), which is why it guards only fdiv's own division and not logits that arrive as they
+    are. Its derivative is the identity (the select's own would keep a mask for the backward
+    pass).
     """
     return jnp.where(theta != -jnp.inf, theta, -jnp.inf)
 

@@ -82,6 +82,15 @@ def hardware() -> str:
     return text
 
 
+# (cpuinfo flag, name), widest first.
+_VECTOR_EXTENSIONS = (
+    ("avx512f", "AVX-512"),
+    ("avx2", "AVX2"),
+    ("avx", "AVX"),
+    ("sse4_2", "SSE4.2"),
+)
+
+
 def _cpu_description() -> tuple[str, list[str]]:
     """The CPU's model name, and its vector extension and cache size where Linux reports them."""
     info: dict[str, str] = {}
@@ -95,12 +104,3 @@ def _cpu_description() -> tuple[str, list[str]]:
     vector = next((name for flag, name in _VECTOR_EXTENSIONS if flag in flags), None)
     details = [d for d in (vector, info.get("cache size") and f"{info['cache size']} cache") if d]
     return info.get("model name", "unknown CPU"), details
-
-
-# (cpuinfo flag, name), widest first.
-_VECTOR_EXTENSIONS = (
-    ("avx512f", "AVX-512"),
-    ("avx2", "AVX2"),
-    ("avx", "AVX"),
-    ("sse4_2", "SSE4.2"),
-)

@@ -140,6 +140,13 @@ class Generator(abc.ABC):
         return self.conj(r + self.anchor if self.anchor else r)
 
     @property
+    def power_law(self) -> tuple[float, int] | None:
+        """``(coef, power)`` when ``conj_grad_rel(r) = coef · max(r, 0)^power`` with an integer
+        power in [1, 4] (the generators the CPU kernel solves, see fdiv/cpu_kernel.py), else
+        None."""
+        return None
+
+    @property
     def is_sparse(self) -> bool:
         """Whether the f-softargmax can give classes exactly zero mass."""
         return math.isfinite(self.f_prime_at_zero)
@@ -262,6 +269,10 @@ class Chi2(Generator):
 
     def conj_rel(self, r):
         return 0.25 * jnp.square(jnp.maximum(r, 0.0)) - 1.0
+
+    @property
+    def power_law(self):
+        return 0.5, 1
 
 
 class Hellinger(Generator):
@@ -473,6 +484,13 @@ class Alpha(Generator):
         if integer == 0:
             return jnp.where((self.alpha - 1.0) * r > 0.0, 1.0, 0.0).astype(r.dtype)
         return self._power_rel(r, self._exponent - 1.0, integer)
+
+    @property
+    def power_law(self):
+        # conj_grad_rel(r) = [(α − 1) r]_+^k with k = 1 / (α − 1) an integer, anchored (α > 1).
+        if self.alpha <= 1.0 or not self.anchor or self._integer_exponent is None:
+            return None
+        return (self.alpha - 1.0) ** self._integer_exponent, self._integer_exponent
 
     def conj_rel(self, r):
         if not self.anchor:

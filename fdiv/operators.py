@@ -93,7 +93,14 @@ def _conj_terms(theta: Array, t: Array, gen: Generator) -> Array:
     return jnp.where(theta != -jnp.inf, conj, 0.0)
 
 
-def _value_rel(theta: Array, q: Array, t: Array, gen: Generator, totals: rf.RowTotals) -> Array:
+def _value_rel(
+    theta: Array,
+    q: Array,
+    t: Array,
+    gen: Generator,
+    totals: rf.RowTotals,
+    excess: Array | None = None,
+) -> Array:
     """``τ + Σ_j q_j f*(θ_j − τ)`` from the anchored root ``t = τ + a`` (−inf for an empty row).
 
     For KL, ``Σ_j q_j f*(θ_j − τ) = Σ_j p_j − Σ_j q_j = 1 − Q`` at the root: no pass.
@@ -102,11 +109,14 @@ def _value_rel(theta: Array, q: Array, t: Array, gen: Generator, totals: rf.RowT
     ``f* + f(0)``, then ``−Q f(0)`` added once: with unit q over V classes the plain sum is
     about ``−V f(0)``, and its float32 rounding depends on the order of the reduction (7e-4
     for 1000 ties with χ², different between the fused head's chunks and a whole batch).
+    ``excess`` is that sum when the CPU kernel has computed it (not differentiable: see
+    :func:`_enveloped`).
     """
     if isinstance(gen, KL):
         value = t + 1.0 - totals.q_sum
     elif gen.is_sparse:
-        excess = _rows.row_sum(q * (_conj_terms(theta, t, gen) + gen.f_at_zero))
+        if excess is None:
+            excess = _rows.row_sum(q * (_conj_terms(theta, t, gen) + gen.f_at_zero))
         value = t - gen.anchor + excess - totals.q_sum * gen.f_at_zero
     else:
         value = t - gen.anchor + _rows.row_sum(q * _conj_terms(theta, t, gen))
@@ -118,7 +128,9 @@ def _value_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array, Array]
     anchored root ``t`` in that frame, differentiable through the root's implicit derivative.
 
     One block of rows at a time on CPU (``root_finding.map_rows``): the row max, the solver's
-    passes and the value's pass all read the block from cache.
+    passes and the value's pass all read the block from cache. With the CPU kernel
+    (``root_finding.uses_kernel``) the value's sum comes from the kernel's last pass, and the
+    value gets its derivative from the envelope rule (:func:`_enveloped`).
     """
 
     def rows(theta: Array, q: Array) -> tuple[Array, Array, Array]:
@@ -126,7 +138,33 @@ def _value_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array, Array]
         t = _implicit_root_for(gen)(z, q, root.t)
         return _value_rel(z, q, t, gen, totals), root.shift, t
 
+    def kernel_rows(theta: Array, q: Array) -> tuple[Array, Array, Array]:
+        root, totals, excess = rf.solve_with_kernel(theta, q, gen)
+        z = theta - root.shift[..., None]
+        t = _implicit_root_for(gen)(z, q, root.t)
+        value = _value_rel(z, q, root.t, gen, totals, excess)
+        return _enveloped(value, theta, root.shift, q, t, gen), root.shift, t
+
+    if rf.uses_kernel(gen, solver, num_iters, theta.dtype):
+        return jax.lax.platform_dependent(theta, q, cpu=kernel_rows, default=rows)
     return rf.map_rows(rows, theta, q, gen, solver)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _enveloped(value, theta, shift, q, t, gen: Generator) -> Array:
+    """``value``, the f-softmax at ``θ`` in the frame ``shift`` computed by the CPU kernel (not
+    differentiable), given the derivative of the envelope rule in ``θ`` and ``q`` at the root
+    ``t``, as :func:`_implicit_softmax_parts` has: higher derivatives of the losses need the
+    value's own derivative (its rule is differentiated in turn)."""
+    return value
+
+
+@functools.partial(_enveloped.defjvp, symbolic_zeros=True)
+def _enveloped_jvp(gen, primals, tangents):
+    value, theta, shift, q, t = primals
+    _, dtheta, _, dq, _ = tangents
+    out = _enveloped(value, theta, shift, q, t, gen)
+    return out, _envelope(theta, shift, q, t, dtheta, dq, gen)
 
 
 def _softmax_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array]:
@@ -177,6 +215,18 @@ def _envelope_tangent(theta, shift, q, t, dtheta, gen: Generator) -> Array:
     return _rows.row_sum(jnp.where(p > 0, p * dtheta, 0.0))
 
 
+def _envelope(theta, shift, q, t, dtheta, dq, gen: Generator) -> Array:
+    """The envelope rule: ``Σ_j p*_j θ̇_j + Σ_j f*(θ_j − τ) q̇_j`` per row (tangents may be
+    symbolic zeros)."""
+    tangent = jnp.zeros_like(t)
+    if not isinstance(dtheta, SymbolicZero):
+        tangent = tangent + _envelope_tangent(theta, shift, q, t, dtheta, gen)
+    if not isinstance(dq, SymbolicZero):
+        z = theta - shift[..., None]
+        tangent = tangent + _rows.row_sum(_conj_terms(z, t, gen) * dq)
+    return tangent
+
+
 @functools.partial(_implicit_softmax_parts.defjvp, symbolic_zeros=True)
 def _implicit_softmax_parts_jvp(gen, solver, num_iters, primals, tangents):
     theta, q = primals
@@ -185,12 +235,7 @@ def _implicit_softmax_parts_jvp(gen, solver, num_iters, primals, tangents):
     # derivatives differentiate this rule): t carries the implicit derivative, the shift (out of
     # the solver) is a constant.
     value, shift, t = _value_parts(theta, q, gen, solver, num_iters)
-    tangent = jnp.zeros_like(value)
-    if not isinstance(dtheta, SymbolicZero):
-        tangent = tangent + _envelope_tangent(theta, shift, q, t, dtheta, gen)
-    if not isinstance(dq, SymbolicZero):
-        z = theta - shift[..., None]
-        tangent = tangent + _rows.row_sum(_conj_terms(z, t, gen) * dq)
+    tangent = _envelope(theta, shift, q, t, dtheta, dq, gen)
     return (value, shift), (tangent, jnp.zeros_like(shift))
 
 

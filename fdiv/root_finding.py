@@ -72,7 +72,7 @@ from typing import NamedTuple, TypeVar
 import jax
 import jax.numpy as jnp
 
-from fdiv import _rows
+from fdiv import _rows, cpu_kernel
 from fdiv.divergences import KL, Generator
 
 Array = jax.Array
@@ -457,7 +457,8 @@ def map_rows(
     the solver makes its passes (``_rows.map_row_blocks``); whole for KL's closed form on rows
     of at most 32768 classes, whose two passes then stream faster than the blocks loop (longer
     rows take XLA:CPU's slow path, see ``_rows.row_sum``: in blocks the KL loss at V = 128k
-    runs 1.6× faster)."""
+    runs 1.6× faster). The CPU kernel (:func:`uses_kernel`) runs on the blocks too: the passes
+    of ``fn`` after the root (the loss's value) then read the block from cache."""
     if streams(gen, solver, theta.shape[-1]):
         return fn(theta, q)
     return _rows.map_row_blocks(fn, theta, q)
@@ -468,6 +469,31 @@ def streams(gen: Generator, solver: str, k: int) -> bool:
     return is_closed_form(gen, solver) and k <= _rows.MAX_ROW
 
 
+def uses_kernel(gen: Generator, solver: str, num_iters: int | None, dtype) -> bool:
+    """Whether "auto" solves these rows with the CPU kernel (fdiv/cpu_kernel.py): a power-law
+    generator, float32, no explicit iteration count, CPU the default backend, and the kernel
+    built. Elsewhere (and as the branch for other platforms) "auto" is Newton in JAX."""
+    return (
+        solver == "auto"
+        and num_iters is None
+        and gen.power_law is not None
+        and jnp.dtype(dtype) == jnp.float32
+        and jax.default_backend() == "cpu"
+        and cpu_kernel.available()
+    )
+
+
+def solve_with_kernel(theta: Array, q: Array, gen: Generator) -> tuple[Root, RowTotals, Array]:
+    """The root and row totals of a power-law generator from the CPU kernel (CPU only: see
+    :func:`uses_kernel`), and each row's ``Σ_j q_j (f*(θ_j − τ) + f(0))``, the sum in the
+    f-softmax's value. Not differentiable (stop_gradient)."""
+    theta, q = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(q)
+    coef, power = gen.power_law
+    q = q.reshape((1,) * (theta.ndim - q.ndim) + q.shape)
+    shift, t, q_sum, empty, excess = cpu_kernel.power_root(theta, q, coef, power)
+    return Root(shift, t), RowTotals(q_sum, empty), excess
+
+
 def solve(
     theta: Array,
     q: Array,
@@ -476,7 +502,7 @@ def solve(
     num_iters: int | None = None,
 ) -> tuple[Root, RowTotals]:
     """:func:`row_stats` then :func:`solve_anchored` for logits ``θ`` (classes last), over
-    blocks of rows (see :func:`map_rows`).
+    blocks of rows (see :func:`map_rows`), or the CPU kernel (:func:`uses_kernel`).
 
     ``q`` is shared across rows or has the leading axes of ``θ``.
     """
@@ -487,4 +513,7 @@ def solve(
         return root, RowTotals(stats.q_sum, stats.empty)
 
     theta, q = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(q)
+    if uses_kernel(gen, solver, num_iters, theta.dtype):
+        kernel = lambda theta, q: solve_with_kernel(theta, q, gen)[:2]
+        return jax.lax.platform_dependent(theta, q, cpu=kernel, default=rows)
     return map_rows(rows, theta, q, gen, solver)

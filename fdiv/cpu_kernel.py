@@ -1,0 +1,128 @@
+"""The CPU kernel of the root search for power-law generators (``power_root.cc``).
+
+``alpha:2``, ``alpha:1.5``, ``alpha:4/3``, ``alpha:1.25`` and ``chi2`` give each class the
+mass ``q_j · coef · max(θ_j − τ, 0)^power`` with an integer power. On CPU, ``solver="auto"``
+solves their root with an XLA FFI kernel that keeps each row in cache while it searches it, in
+double precision, dropping the classes that cannot be in the support as it goes: XLA:CPU spends
+about a cycle per element on each pass of the JAX solvers, which made these losses 2.5–3.4×
+the time of cross-entropy at V = 32k (README, "Performance"). Everything else (the value, the
+probabilities, every derivative) stays in JAX, and so does the root on GPU and TPU, where the
+JAX solvers run as the default branch of ``jax.lax.platform_dependent``.
+
+The kernel is compiled on first use with the C++ compiler (``$CXX``, else ``c++``) for this
+machine (``-march=native``) and cached under ``$FDIV_CACHE_DIR`` (default
+``~/.cache/fdiv``), keyed on its source, the flags, jaxlib's version and the CPU's flags
+(``scripts/setup.sh`` builds it ahead). Without a compiler, or with ``FDIV_CPU_KERNEL=0``,
+``"auto"`` uses the JAX Newton solver everywhere, with one warning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+Array = jax.Array
+
+_SOURCE = Path(__file__).with_name("power_root.cc")
+_TARGET = "fdiv_power_root"
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp-simd")
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags: a library built with -march=native must not be loaded by a
+    machine with fewer (a cache shared across machines)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _library_path() -> Path:
+    key = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), " ".join(_FLAGS).encode(), jaxlib.__version__.encode()):
+        key.update(part)
+    key.update(_cpu_flags().encode())
+    cache = Path(os.environ.get("FDIV_CACHE_DIR", Path.home() / ".cache" / "fdiv"))
+    return cache / f"power_root-{key.hexdigest()[:16]}.so"
+
+
+def build() -> Path:
+    """Compiles the kernel unless the cache has it; returns the shared library's path.
+
+    Raises:
+      RuntimeError: no C++ compiler, or the compilation failed (with its output).
+    """
+    path = _library_path()
+    if path.exists():
+        return path
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not compiler:
+        raise RuntimeError("no C++ compiler found (set $CXX)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    include = jax.ffi.include_dir()
+    # Compiled to a temporary name and renamed: concurrent builds (pytest-xdist) never see a
+    # half-written library.
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".so", delete=False) as tmp:
+        partial = Path(tmp.name)
+    try:
+        command = [compiler, *_FLAGS, "-isystem", include, str(_SOURCE), "-o", str(partial)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the kernel is built and registered with XLA (built now if needed; once)."""
+    if os.environ.get("FDIV_CPU_KERNEL", "1") == "0":
+        return False
+    try:
+        library = ctypes.CDLL(str(build()))
+        handler = jax.ffi.pycapsule(library.FdivPowerRoot)
+        jax.ffi.register_ffi_target(_TARGET, handler, platform="cpu")
+    except (OSError, RuntimeError) as error:
+        warnings.warn(
+            f"fdiv: the CPU root kernel is unavailable ({error}); solver='auto' uses the JAX "
+            "Newton solver for the power-law generators on CPU",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def power_root(
+    theta: Array, q: Array, coef: float, power: int
+) -> tuple[Array, Array, Array, Array, Array]:
+    """``(shift, t, q_sum, empty, excess)`` per row of float32 logits ``theta [..., k]`` for the
+    mass ``q_j · coef · max(θ_j − shift − t, 0)^power``; ``q`` has the rank of ``theta``, each
+    dimension its own or 1.
+
+    ``shift`` is the root rounded to float32 (a NaN row: NaN; an empty row: 0) and ``t`` the
+    rest of it, as :class:`fdiv.root_finding.Root` expects; ``excess`` is
+    ``coef / (power + 1) · Σ_j q_j max(θ_j − shift − t, 0)^(power + 1)``, the sum of
+    ``q_j (f*(θ_j − τ) + f(0))`` in the f-softmax's value. CPU only (see :func:`available`).
+    """
+    rows = jax.ShapeDtypeStruct(theta.shape[:-1], jnp.float32)
+    flags = jax.ShapeDtypeStruct(theta.shape[:-1], jnp.bool_)
+    call = jax.ffi.ffi_call(_TARGET, (rows, rows, rows, flags, rows), vmap_method="broadcast_all")
+    return call(theta, q, coef=float(coef), power=int(power))

@@ -1,0 +1,480 @@
+// The root of the f-softargmax for the generators whose map is a power law, on CPU.
+//
+// For α-divergences with an integer exponent 1 / (α − 1) (α = 2, 1.5, 4/3, 5/4) and χ², the
+// mass of a class at the anchored root t is
+//
+//     p_j = q_j · coef · max(z_j − t, 0)^power,        z_j = θ_j − max θ,
+//
+// and t solves S(t) = Σ_j p_j = 1. XLA:CPU spends about a cycle per element on every pass of
+// the solver over a row; here a row stays in the core's cache while it is searched, in
+// double precision (so the root needs none of the float32 frames of root_finding.py), and the
+// classes that can no longer be in the support are dropped from the row as the search
+// proceeds. See fdiv/cpu_kernel.py for how it is built and when it is used.
+//
+// Per row: one pass over the logits for the max, the NaN test and the Jensen lower bound of
+// the root; then safeguarded Newton on G(t) = S(t)^(1/power) − 1, which is convex and
+// decreasing (a power mean of affine functions), so that from a lower bound the iterates
+// increase monotonically to the root; every iterate is a lower bound, and the classes at or
+// below it carry no mass at the root. For power = 1 a step from a point with the root's
+// support is exact; for power = 2 the root of the quadratic that S is on a fixed support is
+// taken when it lies inside that support.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr int kMaxIterations = 100;
+// Newton's next error is about the square of a step below this (relative to the root).
+constexpr double kStepTolerance = 1e-10;
+
+struct RowResult {
+  float shift;  // the frame: the root rounded to float32, in the logits' own frame
+  float t;      // the anchored root relative to the frame: t_row − shift, exact to float32
+  float q_sum;  // Q = Σ_j q_j (1 for an empty row or a non-positive sum)
+  bool empty;   // every class masked (−inf)
+  float excess;  // Σ_j q_j (f*(θ_j − τ) + f(0)): the value's sum (see _value_rel in operators.py)
+};
+
+// Four doubles (and their comparison masks): GCC's vector extensions, so that the passes are
+// vectorised the same way by every compiler version, reductions included.
+typedef double V4d __attribute__((vector_size(32)));
+typedef int64_t V4l __attribute__((vector_size(32)));
+typedef float V4f __attribute__((vector_size(16)));
+
+template <typename T>
+inline V4d Load4(const T* p) {
+  if constexpr (std::is_same_v<T, double>) {
+    V4d v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  } else {
+    V4f v;
+    std::memcpy(&v, p, sizeof(v));
+    return __builtin_convertvector(v, V4d);
+  }
+}
+
+inline V4d Splat(double x) { return V4d{x, x, x, x}; }
+
+// r^n for r ≥ 0.
+template <int n, typename V>
+inline V Power(V r) {
+  if constexpr (n == 0) return r * 0.0 + 1.0;
+  if constexpr (n == 1) return r;
+  if constexpr (n == 2) return r * r;
+  if constexpr (n == 3) return r * r * r;
+  if constexpr (n == 4) return (r * r) * (r * r);
+}
+
+// Sums over the classes above t, for z = x − offset and r = z − t: the moments
+// m[i] = Σ q r^i for i ≤ power + 1, the smallest z above t, and how many classes lie above
+// `floor` (a lower bound of the root). x is the row itself (float, offset its max) or the
+// buffer of classes kept (double, offset 0); q is per class unless shared.
+template <int power>
+struct Sums {
+  double m[power + 2] = {};
+  double min_z = kInf;
+  int64_t above_floor = 0;
+};
+
+template <int power, bool shared_q, typename T>
+Sums<power> Accumulate(const T* x, const T* q, int64_t n, double offset, double t,
+                       double floor) {
+  const double edge = offset + t;  // r = x − edge
+  const V4d vedge = Splat(edge), vfloor = Splat(offset + floor), zero = Splat(0.0),
+            one = Splat(1.0), inf = Splat(kInf);
+  V4d moments[power + 2], low = inf;
+  for (V4d& v : moments) v = zero;
+  V4l above = V4l{0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const V4d v = Load4(x + j);
+    const V4d r = v - vedge;
+    const V4l in = r > zero;
+    V4d w = in ? one : zero;
+    if constexpr (!shared_q) w = in ? Load4(q + j) : zero;
+    const V4d rp = in ? r : zero;
+    for (int i = 0; i < power + 2; ++i) {
+      moments[i] += w;
+      w *= rp;
+    }
+    low = in && (v < low) ? v : low;
+    above -= v > vfloor;  // a true comparison is −1
+  }
+  Sums<power> out;
+  for (int lane = 0; lane < 4; ++lane) {
+    for (int i = 0; i < power + 2; ++i) out.m[i] += moments[i][lane];
+    out.min_z = std::min(out.min_z, low[lane]);
+    out.above_floor += above[lane];
+  }
+  for (; j < n; ++j) {
+    const double v = x[j], r = v - edge;
+    if (r > 0.0) {
+      double w = shared_q ? 1.0 : static_cast<double>(q[j]);
+      for (int i = 0; i < power + 2; ++i) {
+        out.m[i] += w;
+        w *= r;
+      }
+      out.min_z = std::min(out.min_z, v);
+    }
+    out.above_floor += v > offset + floor ? 1 : 0;
+  }
+  out.min_z -= offset;
+  return out;
+}
+
+// Σ q (r − u)^(power + 1) over the classes of the moments m (taken at r), by the binomial
+// expansion: the value's sum at a root u past the last pass, when no class left the support.
+template <int power>
+double ShiftedTopMoment(const double* m, double u) {
+  double total = 0.0, binomial = 1.0, minus_u = 1.0;
+  for (int i = power + 1; i >= 0; --i) {  // the term in m[i] carries (−u)^(power + 1 − i)
+    total += binomial * minus_u * m[i];
+    binomial = binomial * static_cast<double>(i) / static_cast<double>(power + 2 - i);
+    minus_u *= -u;
+  }
+  return total;
+}
+
+// Writes the classes strictly above `floor` (z = x − offset) to the front of z (and q);
+// returns their count. In place when x is z. Every class is written and the count advanced
+// by the test, without a branch: the classes kept are a few scattered percent of the row, a
+// pattern no branch predictor learns. z (and qz) need room for n classes.
+template <bool shared_q, typename T>
+int64_t Compact(const T* x, const T* q, int64_t n, double offset, double floor, double* z,
+                double* qz) {
+  int64_t kept = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double zj = static_cast<double>(x[j]) - offset;
+    z[kept] = zj;
+    if constexpr (!shared_q) qz[kept] = q[j];
+    kept += zj > floor ? 1 : 0;
+  }
+  return kept;
+}
+
+// The row's max and sum (the sum is NaN when the row holds a NaN, or +inf and −inf).
+inline void MaxAndSum(const float* x, int64_t k, double* max, double* sum) {
+  const float neg = -std::numeric_limits<float>::infinity();
+  V4f m0 = V4f{neg, neg, neg, neg}, m1 = m0;
+  V4d s0 = Splat(0.0), s1 = s0;
+  int64_t j = 0;
+  for (; j + 8 <= k; j += 8) {
+    V4f a, b;
+    std::memcpy(&a, x + j, sizeof(a));
+    std::memcpy(&b, x + j + 4, sizeof(b));
+    m0 = a > m0 ? a : m0;  // NaN never compares greater: the sum reports it
+    m1 = b > m1 ? b : m1;
+    s0 += __builtin_convertvector(a, V4d);
+    s1 += __builtin_convertvector(b, V4d);
+  }
+  double m = neg, total = 0.0;
+  for (int lane = 0; lane < 4; ++lane) {
+    m = std::max({m, static_cast<double>(m0[lane]), static_cast<double>(m1[lane])});
+    total += s0[lane] + s1[lane];
+  }
+  for (; j < k; ++j) {
+    if (x[j] > m) m = x[j];
+    total += x[j];
+  }
+  *max = m;
+  *sum = total;
+}
+
+struct Problem {
+  const float* theta;
+  const float* q;
+  int64_t rows, classes;
+  // The logits' leading dimensions and q's strides over them and over the classes, in
+  // elements: 0 where q is broadcast (q has the logits' rank, each dimension theirs or 1).
+  std::vector<int64_t> lead, q_lead_stride;
+  int64_t q_class_stride;
+  double coef;
+  int64_t power;
+  float* shift;
+  float* t;
+  float* q_sum;
+  bool* empty;
+  float* excess;
+};
+
+// The offset of a row's reference measure in q (row-major multi-index over the leading axes).
+int64_t QRowOffset(const Problem& p, int64_t row) {
+  int64_t offset = 0;
+  for (int64_t d = static_cast<int64_t>(p.lead.size()) - 1; d >= 0; --d) {
+    offset += (row % p.lead[d]) * p.q_lead_stride[d];
+    row /= p.lead[d];
+  }
+  return offset;
+}
+
+// The per-thread row buffers (the row minus its max, and its q when q varies by class).
+struct Scratch {
+  std::vector<double> z, q;
+};
+
+template <int power, bool shared_q>
+RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
+  const int64_t k = p.classes;
+  const float* x = p.theta + row * k;
+  const float* qrow = p.q + QRowOffset(p, row);
+  // Shared q multiplies the sums once, at the end.
+  const double q_shared = qrow[0];
+  const double q_scale = shared_q ? q_shared : 1.0;
+
+  // Pass 1: the max, Q, q at the argmax, and Σ q θ for Jensen's bound (NaN or +inf: NaN row).
+  double m = -kInf, q_sum = 0.0, q_top = 0.0, weighted = 0.0, plain = 0.0;
+  if constexpr (shared_q) {
+    MaxAndSum(x, k, &m, &plain);
+    q_sum = q_shared * static_cast<double>(k);
+    q_top = q_shared;
+    weighted = q_shared * plain;
+  } else {
+    for (int64_t j = 0; j < k; ++j) {
+      const double v = x[j];
+      const double qj = qrow[j * p.q_class_stride];
+      plain += v;
+      q_sum += qj;
+      weighted += qj > 0.0 ? qj * v : 0.0;
+      if (v > m) {
+        m = v;
+        q_top = qj;
+      } else if (v == m) {
+        q_top = std::max(q_top, qj);
+      }
+    }
+  }
+  const bool empty = m == -kInf;
+  const double q_total = (empty || !(q_sum > 0.0)) ? 1.0 : q_sum;
+  if (std::isnan(plain) || plain == kInf) {  // a NaN or +inf logit
+    const float nan = static_cast<float>(kNaN);
+    return {nan, nan, static_cast<float>(q_total), false, nan};
+  }
+  if (empty) return {0.0f, 0.0f, 1.0f, true, 0.0f};
+  if (!(q_top > 0.0)) q_top = 1.0;
+
+  // The bracket of the anchored root in the frame of the row max (see bracket() in
+  // root_finding.py): the argmax alone has mass 1 at lo, no class more than its share at hi.
+  const double inv_power = 1.0 / static_cast<double>(power);
+  double lo = -std::pow(1.0 / (p.coef * q_top), inv_power);
+  double hi = -std::pow(1.0 / (p.coef * q_total), inv_power);
+  const double jensen = weighted / q_total - m + hi;  // −inf when a class in q is −inf
+  lo = std::max(lo, std::min(jensen, hi));
+  // Jensen's bound is tight for rows of equal logits: leave room for its rounding.
+  lo -= 8.0 * std::numeric_limits<double>::epsilon() * (1.0 + std::abs(lo) + std::abs(m));
+
+  // The passes read the row itself until the classes above the lower bound are fewer than
+  // half of it; those are then copied, minus the max, to a buffer, which shrinks the same way.
+  std::vector<double>& z = scratch.z;
+  std::vector<double>& qz = scratch.q;
+  bool buffered = false;
+  int64_t n = k;
+  const float* qx = shared_q ? nullptr : qrow;
+  double t = lo, t_last = lo;
+  Sums<power> last;
+  for (int it = 0; it < kMaxIterations; ++it) {
+    const Sums<power> s =
+        buffered ? Accumulate<power, shared_q>(z.data(), qz.data(), n, 0.0, t, lo)
+                 : Accumulate<power, shared_q>(x, qx, n, m, t, lo);
+    last = s;
+    t_last = t;
+    const double mass = p.coef * q_scale * s.m[power];
+    if (mass >= 1.0) lo = t;
+    if (mass <= 1.0) hi = t;
+    if (mass == 1.0) break;
+    if constexpr (power == 2) {
+      // On the support above t, S(t + u) = coef (m2 − 2 u m1 + m0 u²): take its smaller root
+      // when the support does not change before it.
+      const double a = s.m[0], b = s.m[1], c = s.m[2] - 1.0 / (p.coef * q_scale);
+      const double disc = b * b - a * c;
+      if (disc >= 0.0 && a > 0.0 && c >= 0.0) {
+        const double u = c / (b + std::sqrt(disc));
+        if (t + u < s.min_z) {
+          t += u;
+          break;
+        }
+      }
+    }
+    // Newton on G = S^(1/power) − 1, with S' = −coef · power · m[power − 1]: −G / G' =
+    // (S − S^(1 − 1/power)) / (coef · m[power − 1]).
+    const double step =
+        (mass - std::pow(mass, 1.0 - inv_power)) / (p.coef * q_scale * s.m[power - 1]);
+    double next = t + step;
+    const bool converged = std::abs(step) <= kStepTolerance * std::abs(t);
+    if (!(std::isfinite(next) && next > lo && next < hi) && !converged) next = 0.5 * (lo + hi);
+    t = next;
+    if (converged) break;
+    if (2 * s.above_floor < n) {
+      if (buffered) {
+        n = Compact<shared_q>(z.data(), qz.data(), n, 0.0, lo, z.data(), qz.data());
+      } else {
+        z.resize(n);
+        if constexpr (!shared_q) qz.resize(n);
+        n = Compact<shared_q>(x, qx, n, m, lo, z.data(), qz.data());
+        buffered = true;
+      }
+    }
+  }
+  // Σ q (f*(θ − τ) + f(0)) = coef / (power + 1) · Σ q r^(power + 1), for the value.
+  const double excess = p.coef * q_scale / (power + 1) *
+                        ShiftedTopMoment<power>(last.m, t - t_last);
+
+  // The frame: the root rounded to float32 in the logits' frame, so that θ_j − shift is exact
+  // for the classes next to the root, and t the rest of it.
+  const double root = m + t;
+  const float shift = static_cast<float>(root);
+  return {shift, static_cast<float>(root - static_cast<double>(shift)),
+          static_cast<float>(q_total), false, static_cast<float>(excess)};
+}
+
+template <int power, bool shared_q>
+void SolveRows(const Problem& p, int64_t begin, int64_t end) {
+  Scratch scratch;
+  for (int64_t row = begin; row < end; ++row) {
+    const RowResult r = SolveRow<power, shared_q>(p, row, scratch);
+    p.shift[row] = r.shift;
+    p.t[row] = r.t;
+    p.q_sum[row] = r.q_sum;
+    p.empty[row] = r.empty;
+    p.excess[row] = r.excess;
+  }
+}
+
+template <bool shared_q>
+void SolveRange(const Problem& p, int64_t begin, int64_t end) {
+  switch (p.power) {
+    case 1:
+      return SolveRows<1, shared_q>(p, begin, end);
+    case 2:
+      return SolveRows<2, shared_q>(p, begin, end);
+    case 3:
+      return SolveRows<3, shared_q>(p, begin, end);
+    default:
+      return SolveRows<4, shared_q>(p, begin, end);
+  }
+}
+
+// Rows are handed out in small batches from a shared counter, to the calling thread and to
+// tasks on XLA's intra-op pool. The caller waits only for tasks that have started: a task still
+// queued behind a busy pool finds no rows left and returns, so nothing waits on it.
+struct Work {
+  Problem problem;
+  std::atomic<int64_t> next{0};
+  std::mutex mutex;
+  std::condition_variable done;
+  int64_t active = 0;
+  static constexpr int64_t kBatch = 8;
+
+  void Run() {
+    const bool shared_q = problem.q_class_stride == 0;
+    for (;;) {
+      const int64_t begin = next.fetch_add(kBatch);
+      if (begin >= problem.rows) return;
+      const int64_t end = std::min(begin + kBatch, problem.rows);
+      if (shared_q) {
+        SolveRange<true>(problem, begin, end);
+      } else {
+        SolveRange<false>(problem, begin, end);
+      }
+    }
+  }
+};
+
+ffi::Error PowerRootImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> theta,
+                         ffi::Buffer<ffi::F32> q, ffi::ResultBuffer<ffi::F32> shift,
+                         ffi::ResultBuffer<ffi::F32> t, ffi::ResultBuffer<ffi::F32> q_sum,
+                         ffi::ResultBuffer<ffi::PRED> empty, ffi::ResultBuffer<ffi::F32> excess,
+                         double coef, int64_t power) {
+  const auto theta_dims = theta.dimensions();
+  const auto q_dims = q.dimensions();
+  const size_t rank = theta_dims.size();
+  if (rank == 0 || q_dims.size() != rank) {
+    return ffi::Error::InvalidArgument("fdiv_power_root: q must have the logits' rank (>= 1)");
+  }
+  if (power < 1 || power > 4) {
+    return ffi::Error::InvalidArgument("fdiv_power_root: power must lie in [1, 4]");
+  }
+  auto work = std::make_shared<Work>();
+  Problem& p = work->problem;
+  p.theta = theta.typed_data();
+  p.q = q.typed_data();
+  p.classes = theta_dims[rank - 1];
+  p.rows = 1;
+  int64_t stride = 1;
+  p.q_class_stride = 0;
+  p.lead.assign(rank - 1, 1);
+  p.q_lead_stride.assign(rank - 1, 0);
+  for (size_t d = rank; d-- > 0;) {
+    if (q_dims[d] != 1 && q_dims[d] != theta_dims[d]) {
+      return ffi::Error::InvalidArgument("fdiv_power_root: q must broadcast to the logits");
+    }
+    const int64_t q_stride = q_dims[d] == 1 ? 0 : stride;
+    stride *= q_dims[d];
+    if (d == rank - 1) {
+      p.q_class_stride = q_stride;
+    } else {
+      p.lead[d] = theta_dims[d];
+      p.q_lead_stride[d] = q_stride;
+      p.rows *= theta_dims[d];
+    }
+  }
+  p.coef = coef;
+  p.power = power;
+  p.shift = shift->typed_data();
+  p.t = t->typed_data();
+  p.q_sum = q_sum->typed_data();
+  p.empty = empty->typed_data();
+  p.excess = excess->typed_data();
+  const int64_t rows = p.rows;
+  if (rows == 0) return ffi::Error::Success();
+
+  const int64_t helpers =
+      std::min<int64_t>(pool.num_threads(), (rows + Work::kBatch - 1) / Work::kBatch - 1);
+  for (int64_t i = 0; i < helpers; ++i) {
+    pool.Schedule([work] {
+      {
+        std::lock_guard<std::mutex> lock(work->mutex);
+        if (work->next.load() >= work->problem.rows) return;
+        ++work->active;
+      }
+      work->Run();
+      std::lock_guard<std::mutex> lock(work->mutex);
+      if (--work->active == 0) work->done.notify_all();
+    });
+  }
+  work->Run();
+  std::unique_lock<std::mutex> lock(work->mutex);
+  work->done.wait(lock, [&] { return work->active == 0; });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FdivPowerRoot, PowerRootImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::PRED>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<double>("coef")
+                                  .Attr<int64_t>("power"));

@@ -1,0 +1,144 @@
+"""The CPU kernel of the power-law generators' root (fdiv/cpu_kernel.py, power_root.cc).
+
+Its accuracy on random and adversarial rows is tested with every "auto" case of
+test_solvers.py, and its edge cases (masks, NaN, empty rows, leading axes, vmap, half precision)
+with the operators' and losses' tests, which all run "auto" on CPU. Here: that "auto" does use
+it, that it agrees with the JAX Newton solver where the other tests use shared q, that the value
+it computes has the derivatives of the JAX path, and the fallback without it.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fdiv
+from fdiv import cpu_kernel
+from fdiv import root_finding as rf
+from fdiv.divergences import get_generator
+
+POWER_LAWS = ["alpha:1.5", "alpha:2", "chi2", "alpha:1.25", f"alpha:{4 / 3!r}"]
+
+
+def _lowered(fn, *args) -> str:
+    return jax.jit(fn).lower(*args).as_text()
+
+
+@pytest.mark.parametrize("divergence", ["alpha:1.5", "chi2"])
+def test_auto_uses_the_kernel_on_cpu(divergence):
+    x = jnp.zeros((4, 16))
+    assert cpu_kernel.available()
+    labels = jnp.zeros(4, int)
+    auto = _lowered(lambda x: fdiv.fdiv_loss_with_integer_labels(x, labels, divergence), x)
+    assert "fdiv_power_root" in auto
+    newton = _lowered(lambda x: fdiv.f_softargmax(x, divergence, solver="newton"), x)
+    assert "fdiv_power_root" not in newton
+
+
+@pytest.mark.parametrize("divergence", ["kl", "js", "alpha:3", "alpha:1.7", "hellinger"])
+def test_other_generators_have_no_power_law(divergence):
+    assert get_generator(divergence).power_law is None
+
+
+def test_power_laws_are_the_generators_maps():
+    r = jnp.linspace(-2.0, 3.0, 11)
+    for name in POWER_LAWS:
+        gen = get_generator(name)
+        coef, power = gen.power_law
+        expected = coef * jnp.maximum(r, 0.0) ** power
+        np.testing.assert_allclose(gen.conj_grad_rel(r), expected, rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("divergence", POWER_LAWS)
+def test_array_q_matches_newton(divergence, rng):
+    """q per class, shared by the rows or one per row, with zeros (masked classes)."""
+    x = jnp.asarray(rng.normal(size=(6, 300)) * 2.0, jnp.float32)
+    per_class = rng.uniform(0.1, 2.0, size=(1, 300)) * (rng.uniform(size=(1, 300)) > 0.2)
+    per_row = rng.uniform(0.0, 1.0, size=(6, 300))
+    for q in (jnp.asarray(per_class, jnp.float32), jnp.asarray(per_row, jnp.float32)):
+        auto = fdiv.f_softargmax(x, divergence, q=q)
+        newton = fdiv.f_softargmax(x, divergence, q=q, solver="newton")
+        np.testing.assert_allclose(auto, newton, atol=2e-6)
+        np.testing.assert_allclose(auto.sum(-1), 1.0, atol=1e-5)
+        assert not np.any(np.asarray(auto)[np.asarray(jnp.broadcast_to(q, x.shape)) == 0])
+
+
+@pytest.mark.parametrize("divergence", ["alpha:1.5", "chi2", "alpha:1.25"])
+@pytest.mark.parametrize("q", ["uniform", "unit"])
+def test_value_and_derivatives_match_the_jax_path(divergence, q, rng):
+    """The kernel's value (its last pass's sum) and the envelope rule attached to it give the
+    JAX path's loss, gradient, Hessian and forward derivative."""
+    x = jnp.asarray(rng.normal(size=(5, 40)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 40, size=5))
+
+    def loss(x, solver):
+        return fdiv.fdiv_loss_with_integer_labels(x, labels, divergence, q=q, solver=solver).sum()
+
+    for fn, atol in ((loss, 1e-5), (jax.grad(loss), 1e-6)):
+        np.testing.assert_allclose(fn(x, "auto"), fn(x, "newton"), atol=atol)
+
+    def value(row, solver):
+        return fdiv.f_softmax(row, divergence, q=q, solver=solver)
+
+    np.testing.assert_allclose(
+        jax.hessian(value)(x[0], "auto"), jax.hessian(value)(x[0], "newton"), atol=1e-5
+    )
+    tangents = [
+        jax.jvp(functools.partial(value, solver=s), (x,), (x[::-1],))[1] for s in ("auto", "newton")
+    ]
+    np.testing.assert_allclose(*tangents, atol=1e-5)
+
+
+def test_derivative_in_q_matches_the_jax_path(rng):
+    x = jnp.asarray(rng.normal(size=(3, 30)), jnp.float32)
+    q = jnp.asarray(rng.uniform(0.5, 1.5, size=(3, 30)), jnp.float32)
+
+    def value(q, solver):
+        return fdiv.f_softmax(x, "alpha:1.5", q=q, solver=solver).sum()
+
+    np.testing.assert_allclose(jax.grad(value)(q, "auto"), jax.grad(value)(q, "newton"), atol=1e-6)
+
+
+def test_value_for_edge_rows():
+    """An empty row has value −inf, a NaN row NaN, ties and a single class their closed forms."""
+    x = jnp.array(
+        [[-jnp.inf] * 4, [0.0, jnp.nan, 1.0, 2.0], [3.0] * 4, [5.0, -jnp.inf, -jnp.inf, -jnp.inf]]
+    )
+    auto = fdiv.f_softmax(x, "alpha:1.5", q="unit")
+    newton = fdiv.f_softmax(x, "alpha:1.5", q="unit", solver="newton")
+    assert auto[0] == -jnp.inf and jnp.isnan(auto[1])
+    np.testing.assert_allclose(auto[2:], newton[2:], rtol=1e-6)
+
+
+def test_without_the_kernel_auto_is_newton(monkeypatch):
+    monkeypatch.setenv("FDIV_CPU_KERNEL", "0")
+    cpu_kernel.available.cache_clear()
+    try:
+        assert not rf.uses_kernel(get_generator("alpha:1.5"), "auto", None, jnp.float32)
+        x = jnp.zeros((2, 8))
+        assert "fdiv_power_root" not in _lowered(lambda x: fdiv.f_softargmax(x, "alpha:1.5"), x)
+    finally:
+        cpu_kernel.available.cache_clear()
+
+
+def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("FDIV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    cpu_kernel.available.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="CPU root kernel is unavailable"):
+            assert not cpu_kernel.available()
+        assert not list(tmp_path.glob("*.so"))
+    finally:
+        cpu_kernel.available.cache_clear()
+
+
+def test_the_build_is_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("FDIV_CACHE_DIR", str(tmp_path))
+    path = cpu_kernel.build()
+    assert path.parent == tmp_path and path.exists()
+    stamp = path.stat().st_mtime_ns
+    assert cpu_kernel.build() == path and path.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind

@@ -6,18 +6,21 @@
 //     p_j = q_j · coef · max(z_j − t, 0)^power,        z_j = θ_j − max θ,
 //
 // and t solves S(t) = Σ_j p_j = 1. XLA:CPU spends about a cycle per element on every pass of
-// the solver over a row; here a row stays in the core's cache while it is searched, in
-// double precision (so the root needs none of the float32 frames of root_finding.py), and the
-// classes that can no longer be in the support are dropped from the row as the search
+// the JAX solvers over a row; here a row stays in the core's cache while it is searched, the
+// sums are taken in double precision (so the root needs none of the float32 frames of
+// root_finding.py), and the classes that can no longer carry mass are dropped as the search
 // proceeds. See fdiv/cpu_kernel.py for how it is built and when it is used.
 //
-// Per row: one pass over the logits for the max, the NaN test and the Jensen lower bound of
-// the root; then safeguarded Newton on G(t) = S(t)^(1/power) − 1, which is convex and
-// decreasing (a power mean of affine functions), so that from a lower bound the iterates
-// increase monotonically to the root; every iterate is a lower bound, and the classes at or
-// below it carry no mass at the root. For power = 1 a step from a point with the root's
-// support is exact; for power = 2 the root of the quadratic that S is on a fixed support is
-// taken when it lies inside that support.
+// Per row: one pass over the logits for the max, the NaN test and Jensen's lower bound of the
+// root; then safeguarded Newton on G(t) = S(t)^(1/power) − 1, which is convex and decreasing
+// (a power mean of affine functions), so that from a lower bound the iterates increase
+// monotonically to the root: every iterate is a lower bound, and the classes at or below it
+// carry no mass at the root (once they are most of the row, the others are copied to a
+// buffer that the next passes read). For power = 1 a step from a point with the root's support
+// is exact. For power = 2 (α = 1.5) a pass also gives an upper bound of the root (the root of
+// the quadratic S is on the support above the iterate), and the next pass lists the few
+// classes between its iterate and that bound: with them the root is exact after that pass
+// (WindowRoot); random rows of 32768 classes take two passes after the first.
 
 #include <algorithm>
 #include <atomic>
@@ -28,10 +31,13 @@
 #include <limits>
 #include <memory>
 #include <mutex>
-#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 namespace ffi = xla::ffi;
 
@@ -48,7 +54,7 @@ struct RowResult {
   float t;      // the anchored root relative to the frame: t_row − shift, exact to float32
   float q_sum;  // Q = Σ_j q_j (1 for an empty row or a non-positive sum)
   bool empty;   // every class masked (−inf)
-  float excess;  // Σ_j q_j (f*(θ_j − τ) + f(0)): the value's sum (see _value_rel in operators.py)
+  float excess;  // Σ_j q_j (f*(θ_j − τ) + f(0)): the value's sum (_value_rel, operators.py)
 };
 
 // Four doubles (and their comparison masks): GCC's vector extensions, so that the passes are
@@ -57,85 +63,134 @@ typedef double V4d __attribute__((vector_size(32)));
 typedef int64_t V4l __attribute__((vector_size(32)));
 typedef float V4f __attribute__((vector_size(16)));
 
-template <typename T>
-inline V4d Load4(const T* p) {
-  if constexpr (std::is_same_v<T, double>) {
-    V4d v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-  } else {
-    V4f v;
-    std::memcpy(&v, p, sizeof(v));
-    return __builtin_convertvector(v, V4d);
-  }
+inline V4f LoadFloats(const float* p) {
+  V4f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline V4d ToDouble(V4f v) {
+#ifdef __AVX__
+  return reinterpret_cast<V4d>(_mm256_cvtps_pd(reinterpret_cast<__m128>(v)));  // one instruction
+#else
+  return __builtin_convertvector(v, V4d);  // GCC 12 converts in two halves
+#endif
+}
+
+inline V4d Load4(const float* p) { return ToDouble(LoadFloats(p)); }
+
+// Whether any lane of a comparison is true (one instruction with AVX).
+inline bool Any(V4l mask) {
+#ifdef __AVX__
+  return _mm256_movemask_pd(reinterpret_cast<__m256d>(mask)) != 0;
+#else
+  return (mask[0] | mask[1] | mask[2] | mask[3]) != 0;
+#endif
 }
 
 inline V4d Splat(double x) { return V4d{x, x, x, x}; }
 
-// r^n for r ≥ 0.
-template <int n, typename V>
-inline V Power(V r) {
-  if constexpr (n == 0) return r * 0.0 + 1.0;
-  if constexpr (n == 1) return r;
-  if constexpr (n == 2) return r * r;
-  if constexpr (n == 3) return r * r * r;
-  if constexpr (n == 4) return (r * r) * (r * r);
-}
+// The classes between the iterate t and an upper bound `top` of the root (power 2): with the
+// moments above t they give the exact root in the same pass (see WindowRoot). At most
+// kWindow classes; more and the window is unusable (count > kWindow).
+constexpr int kWindow = 64;
+struct Window {
+  double top = -kInf;  // in the frame of z
+  int count = 0;
+  double d[kWindow], q[kWindow];  // r = z − t of each class, and its q
+  // Where the eight classes of each step of the vector loop with one in the window start,
+  // expanded after the loop (a call in the loop would keep its sums in memory).
+  int64_t group[kWindow + 1];
+
+  void Add(double r, double weight) {
+    if (count < kWindow) {
+      d[count] = r;
+      q[count] = weight;
+    }
+    ++count;
+  }
+};
 
 // Sums over the classes above t, for z = x − offset and r = z − t: the moments
-// m[i] = Σ q r^i for i ≤ power + 1, the smallest z above t, and how many classes lie above
-// `floor` (a lower bound of the root). x is the row itself (float, offset its max) or the
-// buffer of classes kept (double, offset 0); q is per class unless shared.
+// m[i] = Σ q r^i for i ≤ power + 1 and how many classes they cover; with `windowed`, the
+// classes in the window (t, window->top] are listed too. x is the row, or the buffer of its
+// classes still above the lower bound (the logits themselves, so that z = x − max θ is exact
+// in double); q is per class unless shared.
 template <int power>
 struct Sums {
   double m[power + 2] = {};
-  double min_z = kInf;
-  int64_t above_floor = 0;
+  int64_t count = 0;
 };
 
-template <int power, bool shared_q, typename T>
-Sums<power> Accumulate(const T* x, const T* q, int64_t n, double offset, double t,
-                       double floor) {
+// One group of four classes of Accumulate's vector loop: adds its moments and count, and
+// returns which of its classes lie above t (r > 0).
+template <int power, bool shared_q>
+inline V4l AddGroup(V4d v, const float* q, V4d edge, V4d* moments, V4l& count) {
+  const V4d zero = Splat(0.0);
+  const V4d r = v - edge;
+  const V4l in = r > zero;
+  V4d w = in ? Splat(1.0) : zero;
+  if constexpr (!shared_q) w = in ? Load4(q) : zero;
+  const V4d rp = in ? r : zero;
+  for (int i = 0; i < power + 2; ++i) {
+    moments[i] += w;
+    w *= rp;
+  }
+  count -= in;  // a true comparison is −1
+  return in;
+}
+
+template <int power, bool shared_q, bool windowed>
+Sums<power> Accumulate(const float* x, const float* q, int64_t n, double offset, double t,
+                       Window* window) {
   const double edge = offset + t;  // r = x − edge
-  const V4d vedge = Splat(edge), vfloor = Splat(offset + floor), zero = Splat(0.0),
-            one = Splat(1.0), inf = Splat(kInf);
-  V4d moments[power + 2], low = inf;
-  for (V4d& v : moments) v = zero;
-  V4l above = V4l{0, 0, 0, 0};
+  const double top = windowed ? offset + window->top : -kInf;
+  const V4d vedge = Splat(edge), vtop = Splat(top);
+  // Two sets of sums, one per group of a pair: each sum waits on one addition per pair.
+  V4d moments[2][power + 2];
+  for (auto& set : moments) {
+    for (V4d& v : set) v = Splat(0.0);
+  }
+  V4l count[2] = {V4l{0, 0, 0, 0}, V4l{0, 0, 0, 0}};
+  int groups = 0;
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    const V4d v = Load4(x + j);
-    const V4d r = v - vedge;
-    const V4l in = r > zero;
-    V4d w = in ? one : zero;
-    if constexpr (!shared_q) w = in ? Load4(q + j) : zero;
-    const V4d rp = in ? r : zero;
-    for (int i = 0; i < power + 2; ++i) {
-      moments[i] += w;
-      w *= rp;
+  for (; j + 8 <= n; j += 8) {
+    const V4d a = Load4(x + j), b = Load4(x + j + 4);
+    const V4l in_a = AddGroup<power, shared_q>(a, q + j, vedge, moments[0], count[0]);
+    const V4l in_b = AddGroup<power, shared_q>(b, q + j + 4, vedge, moments[1], count[1]);
+    if constexpr (windowed) {
+      window->group[std::min(groups, kWindow)] = j;
+      groups += Any((in_a & (a <= vtop)) | (in_b & (b <= vtop))) ? 1 : 0;
     }
-    low = in && (v < low) ? v : low;
-    above -= v > vfloor;  // a true comparison is −1
   }
   Sums<power> out;
-  for (int lane = 0; lane < 4; ++lane) {
-    for (int i = 0; i < power + 2; ++i) out.m[i] += moments[i][lane];
-    out.min_z = std::min(out.min_z, low[lane]);
-    out.above_floor += above[lane];
+  for (int set = 0; set < 2; ++set) {
+    for (int lane = 0; lane < 4; ++lane) {
+      for (int i = 0; i < power + 2; ++i) out.m[i] += moments[set][i][lane];
+      out.count += count[set][lane];
+    }
+  }
+  if constexpr (windowed) {
+    window->count = groups > kWindow ? kWindow + 1 : 0;  // too many classes: unusable
+    for (int g = 0; g < groups && g < kWindow; ++g) {
+      for (int64_t i = window->group[g]; i < window->group[g] + 8; ++i) {
+        const double v = x[i];
+        if (v > edge && v <= top) window->Add(v - edge, shared_q ? 1.0 : static_cast<double>(q[i]));
+      }
+    }
   }
   for (; j < n; ++j) {
     const double v = x[j], r = v - edge;
     if (r > 0.0) {
       double w = shared_q ? 1.0 : static_cast<double>(q[j]);
+      if (windowed && v <= top) window->Add(r, w);
       for (int i = 0; i < power + 2; ++i) {
         out.m[i] += w;
         w *= r;
       }
-      out.min_z = std::min(out.min_z, v);
+      ++out.count;
     }
-    out.above_floor += v > offset + floor ? 1 : 0;
   }
-  out.min_z -= offset;
   return out;
 }
 
@@ -152,19 +207,62 @@ double ShiftedTopMoment(const double* m, double u) {
   return total;
 }
 
-// Writes the classes strictly above `floor` (z = x − offset) to the front of z (and q);
-// returns their count. In place when x is z. Every class is written and the count advanced
-// by the test, without a branch: the classes kept are a few scattered percent of the row, a
-// pattern no branch predictor learns. z (and qz) need room for n classes.
-template <bool shared_q, typename T>
-int64_t Compact(const T* x, const T* q, int64_t n, double offset, double floor, double* z,
-                double* qz) {
-  int64_t kept = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const double zj = static_cast<double>(x[j]) - offset;
-    z[kept] = zj;
-    if constexpr (!shared_q) qz[kept] = q[j];
-    kept += zj > floor ? 1 : 0;
+// The root t + u from the moments m above t (power 2, shared weights scaled by coef) and the
+// classes of the window (t, top]: the support at t + u is the classes above t less the window's
+// classes at or below u, and S is a quadratic on each such support. Takes the window's classes
+// out in increasing order until the quadratic's smaller root lies in its own interval. On
+// success, returns true with u and the moments of the root's support (for the value).
+bool WindowRoot(double t, double coef, Window& window, double* m, double* u) {
+  if (window.count > kWindow || !(window.top > t)) return false;
+  const int count = window.count;
+  for (int i = 1; i < count; ++i) {  // insertion sort by r: a few classes
+    for (int j = i; j > 0 && window.d[j] < window.d[j - 1]; --j) {
+      std::swap(window.d[j], window.d[j - 1]);
+      std::swap(window.q[j], window.q[j - 1]);
+    }
+  }
+  double lower = 0.0;
+  for (int i = 0; i <= count; ++i) {
+    const double upper = i < count ? window.d[i] : window.top - t;
+    const double c = m[2] - 1.0 / coef, disc = m[1] * m[1] - m[0] * c;
+    if (m[0] > 0.0 && c >= 0.0 && disc >= 0.0) {
+      const double root = c / (m[1] + std::sqrt(disc));
+      if (root >= lower && root < upper) {
+        *u = root;
+        return true;
+      }
+    }
+    if (i == count) break;
+    const double d = window.d[i], q = window.q[i];
+    m[0] -= q;
+    m[1] -= q * d;
+    m[2] -= q * d * d;
+    m[3] -= q * d * d * d;
+    lower = d;
+  }
+  return false;
+}
+
+// Copies the groups of four classes with one above `floor` (z = x − offset) to the front of
+// out_x (and out_q); returns how many classes it copied. The other classes of a kept group
+// are at or below the lower bound and carry no mass. In place when out_x is x. Branch-free
+// per group: the groups kept are scattered, a pattern no branch predictor learns.
+template <bool shared_q>
+int64_t Compact(const float* x, const float* q, int64_t n, double offset, double floor,
+                float* out_x, float* out_q) {
+  const V4d vfloor = Splat(offset + floor);
+  int64_t kept = 0, j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const bool any = Any(Load4(x + j) > vfloor);
+    std::memmove(out_x + kept, x + j, 4 * sizeof(float));
+    if constexpr (!shared_q) std::memmove(out_q + kept, q + j, 4 * sizeof(float));
+    kept += any ? 4 : 0;
+  }
+  for (; j < n; ++j) {
+    const bool any = static_cast<double>(x[j]) > offset + floor;
+    out_x[kept] = x[j];
+    if constexpr (!shared_q) out_q[kept] = q[j];
+    kept += any ? 1 : 0;
   }
   return kept;
 }
@@ -176,13 +274,11 @@ inline void MaxAndSum(const float* x, int64_t k, double* max, double* sum) {
   V4d s0 = Splat(0.0), s1 = s0;
   int64_t j = 0;
   for (; j + 8 <= k; j += 8) {
-    V4f a, b;
-    std::memcpy(&a, x + j, sizeof(a));
-    std::memcpy(&b, x + j + 4, sizeof(b));
+    const V4f a = LoadFloats(x + j), b = LoadFloats(x + j + 4);
     m0 = a > m0 ? a : m0;  // NaN never compares greater: the sum reports it
     m1 = b > m1 ? b : m1;
-    s0 += __builtin_convertvector(a, V4d);
-    s1 += __builtin_convertvector(b, V4d);
+    s0 += ToDouble(a);
+    s1 += ToDouble(b);
   }
   double m = neg, total = 0.0;
   for (int lane = 0; lane < 4; ++lane) {
@@ -224,9 +320,10 @@ int64_t QRowOffset(const Problem& p, int64_t row) {
   return offset;
 }
 
-// The per-thread row buffers (the row minus its max, and its q when q varies by class).
+// The per-thread buffers of the classes still above the lower bound (and their q when q
+// varies by class).
 struct Scratch {
-  std::vector<double> z, q;
+  std::vector<float> x, q;
 };
 
 template <int power, bool shared_q>
@@ -246,9 +343,9 @@ RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
     q_top = q_shared;
     weighted = q_shared * plain;
   } else {
-    for (int64_t j = 0; j < k; ++j) {
+    for (int64_t j = 0; j < k; ++j) {  // q varies by class: its stride is 1
       const double v = x[j];
-      const double qj = qrow[j * p.q_class_stride];
+      const double qj = qrow[j];
       plain += v;
       q_sum += qj;
       weighted += qj > 0.0 ? qj * v : 0.0;
@@ -279,19 +376,20 @@ RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
   // Jensen's bound is tight for rows of equal logits: leave room for its rounding.
   lo -= 8.0 * std::numeric_limits<double>::epsilon() * (1.0 + std::abs(lo) + std::abs(m));
 
-  // The passes read the row itself until the classes above the lower bound are fewer than
-  // half of it; those are then copied, minus the max, to a buffer, which shrinks the same way.
-  std::vector<double>& z = scratch.z;
-  std::vector<double>& qz = scratch.q;
-  bool buffered = false;
+  // The passes read the row until the classes above the lower bound are fewer than half of
+  // it (unit q: a few percent after one pass; uniform q: never); those are then copied to a
+  // buffer, which shrinks the same way.
+  const float* xs = x;
+  const float* qs = shared_q ? nullptr : qrow;
   int64_t n = k;
-  const float* qx = shared_q ? nullptr : qrow;
   double t = lo, t_last = lo;
   Sums<power> last;
+  Window window;
   for (int it = 0; it < kMaxIterations; ++it) {
-    const Sums<power> s =
-        buffered ? Accumulate<power, shared_q>(z.data(), qz.data(), n, 0.0, t, lo)
-                 : Accumulate<power, shared_q>(x, qx, n, m, t, lo);
+    const bool between = power == 2 && window.top > t;
+    const Sums<power> s = between
+                              ? Accumulate<power, shared_q, true>(xs, qs, n, m, t, &window)
+                              : Accumulate<power, shared_q, false>(xs, qs, n, m, t, nullptr);
     last = s;
     t_last = t;
     const double mass = p.coef * q_scale * s.m[power];
@@ -299,17 +397,19 @@ RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
     if (mass <= 1.0) hi = t;
     if (mass == 1.0) break;
     if constexpr (power == 2) {
-      // On the support above t, S(t + u) = coef (m2 − 2 u m1 + m0 u²): take its smaller root
-      // when the support does not change before it.
+      // With the window's classes the root follows from this pass's moments (WindowRoot). The
+      // quadratic that S is on the support above t, coef (m2 − 2 u m1 + m0 u²), has its
+      // smaller root above the root where classes leave the support before it (it exceeds S
+      // there): the top of the next pass's window.
+      double u;
+      if (between && WindowRoot(t, p.coef * q_scale, window, last.m, &u)) {
+        t += u;
+        break;
+      }
       const double a = s.m[0], b = s.m[1], c = s.m[2] - 1.0 / (p.coef * q_scale);
       const double disc = b * b - a * c;
-      if (disc >= 0.0 && a > 0.0 && c >= 0.0) {
-        const double u = c / (b + std::sqrt(disc));
-        if (t + u < s.min_z) {
-          t += u;
-          break;
-        }
-      }
+      const bool real = disc >= 0.0 && a > 0.0 && c >= 0.0;
+      window.top = real ? std::min(hi, t + c / (b + std::sqrt(disc))) : -kInf;
     }
     // Newton on G = S^(1/power) − 1, with S' = −coef · power · m[power − 1]: −G / G' =
     // (S − S^(1 − 1/power)) / (coef · m[power − 1]).
@@ -320,15 +420,15 @@ RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
     if (!(std::isfinite(next) && next > lo && next < hi) && !converged) next = 0.5 * (lo + hi);
     t = next;
     if (converged) break;
-    if (2 * s.above_floor < n) {
-      if (buffered) {
-        n = Compact<shared_q>(z.data(), qz.data(), n, 0.0, lo, z.data(), qz.data());
-      } else {
-        z.resize(n);
-        if constexpr (!shared_q) qz.resize(n);
-        n = Compact<shared_q>(x, qx, n, m, lo, z.data(), qz.data());
-        buffered = true;
+    // The classes above t are above the new lower bound: compact once they are few.
+    if (2 * s.count < n && lo == t_last) {
+      if (xs == x) {
+        scratch.x.resize(n);
+        if constexpr (!shared_q) scratch.q.resize(n);
       }
+      n = Compact<shared_q>(xs, qs, n, m, lo, scratch.x.data(), scratch.q.data());
+      xs = scratch.x.data();
+      if constexpr (!shared_q) qs = scratch.q.data();
     }
   }
   // Σ q (f*(θ − τ) + f(0)) = coef / (power + 1) · Σ q r^(power + 1), for the value.

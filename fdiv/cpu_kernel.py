@@ -90,23 +90,31 @@ def build() -> Path:
     return path
 
 
+# The library registered with XLA in this process: XLA refuses a second handler under the same
+# name, so a later source or cache directory does not replace it.
+_registered: Path | None = None
+
+
 @functools.cache
 def available() -> bool:
     """Whether the kernel is built and registered with XLA (built now if needed; once)."""
+    global _registered
     if os.environ.get("FDIV_CPU_KERNEL", "1") == "0":
         return False
-    try:
-        library = ctypes.CDLL(str(build()))
-        handler = jax.ffi.pycapsule(library.FdivPowerRoot)
-        jax.ffi.register_ffi_target(_TARGET, handler, platform="cpu")
-    except (OSError, RuntimeError) as error:
-        warnings.warn(
-            f"fdiv: the CPU root kernel is unavailable ({error}); solver='auto' uses the JAX "
-            "Newton solver for the power-law generators on CPU",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return False
+    if _registered is None:
+        try:
+            path = build()
+            handler = jax.ffi.pycapsule(ctypes.CDLL(str(path)).FdivPowerRoot)
+            jax.ffi.register_ffi_target(_TARGET, handler, platform="cpu")
+        except (OSError, RuntimeError) as error:
+            warnings.warn(
+                f"fdiv: the CPU root kernel is unavailable ({error}); solver='auto' uses the JAX "
+                "Newton solver for the power-law generators on CPU",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return False
+        _registered = path
     return True
 
 

@@ -123,14 +123,24 @@ def test_without_the_kernel_auto_is_newton(monkeypatch):
         cpu_kernel.available.cache_clear()
 
 
-def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
+def test_a_missing_compiler_fails_clearly(monkeypatch, tmp_path):
     monkeypatch.setenv("FDIV_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(OSError, match="no-such-compiler"):
+        cpu_kernel.build()
+    assert not list(tmp_path.iterdir())  # no half-written library
+
+
+def test_a_failed_build_warns_and_falls_back(monkeypatch):
+    def fail():
+        raise RuntimeError("c++ failed")
+
+    monkeypatch.setattr(cpu_kernel, "build", fail)
+    monkeypatch.setattr(cpu_kernel, "_registered", None)
     cpu_kernel.available.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="CPU root kernel is unavailable"):
             assert not cpu_kernel.available()
-        assert not list(tmp_path.glob("*.so"))
     finally:
         cpu_kernel.available.cache_clear()
 

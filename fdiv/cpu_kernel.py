@@ -1,13 +1,17 @@
 """The CPU kernel of the root search for power-law generators (``power_root.cc``).
 
-``alpha:2``, ``alpha:1.5``, ``alpha:4/3``, ``alpha:1.25`` and ``chi2`` give each class the
-mass ``q_j · coef · max(θ_j − τ, 0)^power`` with an integer power. On CPU, ``solver="auto"``
-solves their root with an XLA FFI kernel that keeps each row in cache while it searches it, in
-double precision, dropping the classes that cannot be in the support as it goes: XLA:CPU spends
-about a cycle per element on each pass of the JAX solvers, which made these losses 2.5–3.4×
-the time of cross-entropy at V = 32k (README, "Performance"). Everything else (the value, the
-probabilities, every derivative) stays in JAX, and so does the root on GPU and TPU, where the
-JAX solvers run as the default branch of ``jax.lax.platform_dependent``.
+Some generators give each class the mass ``q_j · coef · |θ_j − τ − a|^power`` with an integer
+power (``Generator.power_law``): on the support for ``alpha:2``, ``alpha:1.5``,
+``alpha:4/3``, ``alpha:1.25`` and ``chi2`` (power 1 to 4, sparse), and below the pole for
+``reverse_kl``, ``hellinger``, ``alpha:1/2``, ``alpha:2/3`` and ``alpha:3/4`` (power −1 to
+−4). On CPU, ``solver="auto"`` solves their root with an XLA FFI kernel that keeps each row in
+cache while it searches it, with sums in double precision, dropping the classes that cannot be
+in the support as it goes: XLA:CPU spends about a cycle per element on each pass of the JAX
+solvers, which made these losses 2.5–3.4× the time of cross-entropy at V = 32k (README,
+"Performance"). The kernel also returns the sum in the f-softmax's value (not for reverse KL,
+whose conjugate is a log). Everything else (the probabilities, every derivative) stays in JAX,
+and so does the root on GPU and TPU, where the JAX solvers run as the default branch of
+``jax.lax.platform_dependent``.
 
 The kernel is compiled on first use with the C++ compiler (``$CXX``, else ``c++``) for this
 machine (``-march=native``) and cached under ``$FDIV_CACHE_DIR`` (default
@@ -122,13 +126,15 @@ def power_root(
     theta: Array, q: Array, coef: float, power: int
 ) -> tuple[Array, Array, Array, Array, Array]:
     """``(shift, t, q_sum, empty, excess)`` per row of float32 logits ``theta [..., k]`` for the
-    mass ``q_j · coef · max(θ_j − shift − t, 0)^power``; ``q`` has the rank of ``theta``, each
-    dimension its own or 1.
+    mass ``q_j · coef · |θ_j − shift − t|^power`` (on ``θ_j > shift + t`` for ``power > 0``;
+    every class lies below the pole ``shift + t`` for ``power < 0``); ``q`` has the rank of
+    ``theta``, each dimension its own or 1.
 
     ``shift`` is the root rounded to float32 (a NaN row: NaN; an empty row: 0) and ``t`` the
     rest of it, as :class:`fdiv.root_finding.Root` expects; ``excess`` is
-    ``coef / (power + 1) · Σ_j q_j max(θ_j − shift − t, 0)^(power + 1)``, the sum of
-    ``q_j (f*(θ_j − τ) + f(0))`` in the f-softmax's value. CPU only (see :func:`available`).
+    ``coef / |power + 1| · Σ_j q_j |θ_j − shift − t|^(power + 1)``, the sum of
+    ``q_j (f*(θ_j − τ) + f(0))`` in the f-softmax's value (NaN for ``power = −1``). CPU only
+    (see :func:`available`).
     """
     rows = jax.ShapeDtypeStruct(theta.shape[:-1], jnp.float32)
     flags = jax.ShapeDtypeStruct(theta.shape[:-1], jnp.bool_)

@@ -141,9 +141,10 @@ class Generator(abc.ABC):
 
     @property
     def power_law(self) -> tuple[float, int] | None:
-        """``(coef, power)`` when ``conj_grad_rel(r) = coef · max(r, 0)^power`` with an integer
-        power in [1, 4] (the generators the CPU kernel solves, see fdiv/cpu_kernel.py), else
-        None."""
+        """``(coef, power)`` when ``conj_grad_rel(r) = coef · |r|^power`` with an integer power
+        in [−4, 4] on the support or domain (``r > 0`` for ``power > 0``, a sparse generator;
+        ``r < 0`` below a pole for ``power < 0``): the generators the CPU kernel solves (see
+        fdiv/cpu_kernel.py). None otherwise."""
         return None
 
     @property
@@ -231,6 +232,10 @@ class ReverseKL(Generator):
     def conj_rel(self, r):
         return -jnp.log(-r)
 
+    @property
+    def power_law(self):
+        return 1.0, -1
+
 
 class Chi2(Generator):
     """Pearson χ²: ``f(u) = (u − 1)²``; sparsemax of ``θ / 2`` with unit q."""
@@ -317,6 +322,10 @@ class Hellinger(Generator):
 
     def conj_rel(self, r):
         return -1.0 / r - 1.0
+
+    @property
+    def power_law(self):
+        return 1.0, -2
 
 
 class JensenShannon(Generator):
@@ -487,10 +496,12 @@ class Alpha(Generator):
 
     @property
     def power_law(self):
-        # conj_grad_rel(r) = [(α − 1) r]_+^k with k = 1 / (α − 1) an integer, anchored (α > 1).
-        if self.alpha <= 1.0 or not self.anchor or self._integer_exponent is None:
+        # conj_grad_rel(r) = [(α − 1) r]_+^k = |α − 1|^k |r|^k with k = 1 / (α − 1) an integer
+        # (α = 2, 3/2, 4/3, 5/4 on the support r > 0; α = 1/2, 2/3, 3/4 below the pole, r < 0).
+        k = round(self._exponent)
+        if not self.anchor or abs(self._exponent - k) > 1e-12 or not 1 <= abs(k) <= 4:
             return None
-        return (self.alpha - 1.0) ** self._integer_exponent, self._integer_exponent
+        return abs(self.alpha - 1.0) ** k, k
 
     def conj_rel(self, r):
         if not self.anchor:

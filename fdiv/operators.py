@@ -130,7 +130,8 @@ def _value_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array, Array]
     One block of rows at a time on CPU (``root_finding.map_rows``): the row max, the solver's
     passes and the value's pass all read the block from cache. With the CPU kernel
     (``root_finding.uses_kernel``) the value's sum comes from the kernel's last pass, and the
-    value gets its derivative from the envelope rule (:func:`_enveloped`).
+    value gets its derivative from the envelope rule (:func:`_enveloped`); for reverse KL the
+    kernel gives the root alone, and the value's pass runs in XLA over the blocks.
     """
 
     def rows(theta: Array, q: Array) -> tuple[Array, Array, Array]:
@@ -142,12 +143,17 @@ def _value_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array, Array]
         root, totals, excess = rf.solve_with_kernel(theta, q, gen)
         z = theta - root.shift[..., None]
         t = _implicit_root_for(gen)(z, q, root.t)
+        if excess is None:
+            return _value_rel(z, q, t, gen, totals), root.shift, t
         value = _value_rel(z, q, root.t, gen, totals, excess)
         return _enveloped(value, theta, root.shift, q, t, gen), root.shift, t
 
-    if rf.uses_kernel(gen, solver, num_iters, theta.dtype):
-        return jax.lax.platform_dependent(theta, q, cpu=kernel_rows, default=rows)
-    return rf.map_rows(rows, theta, q, gen, solver)
+    if not rf.uses_kernel(gen, solver, num_iters, theta.dtype):
+        return rf.map_rows(rows, theta, q, gen, solver)
+    solved = functools.partial(jax.lax.platform_dependent, cpu=kernel_rows, default=rows)
+    if gen.power_law[1] == -1:  # the value's pass in XLA: over blocks of rows in cache
+        return rf.map_rows(solved, theta, q, gen, solver)
+    return solved(theta, q)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5,))

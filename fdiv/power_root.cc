@@ -1,10 +1,12 @@
 // The root of the f-softargmax for the generators whose map is a power law, on CPU.
 //
-// For α-divergences with an integer exponent 1 / (α − 1) (α = 2, 1.5, 4/3, 5/4) and χ², the
-// mass of a class at the anchored root t is
+// For α-divergences with an integer exponent 1 / (α − 1) and χ² (sparse: power 1 to 4), and
+// for reverse KL, Hellinger and α ∈ {1/2, 2/3, 3/4} (a pole: power −1 to −4), the mass of a
+// class at the anchored root t is
 //
-//     p_j = q_j · coef · max(z_j − t, 0)^power,        z_j = θ_j − max θ,
+//     p_j = q_j · coef · |z_j − t|^power,        z_j = θ_j − max θ,
 //
+// on z_j > t for the sparse laws (0 below), and for every class for the poles (t > 0 ≥ z_j),
 // and t solves S(t) = Σ_j p_j = 1. XLA:CPU spends about a cycle per element on every pass of
 // the JAX solvers over a row; here a row stays in the core's cache while it is searched, the
 // sums are taken in double precision (so the root needs none of the float32 frames of
@@ -12,15 +14,16 @@
 // proceeds. See fdiv/cpu_kernel.py for how it is built and when it is used.
 //
 // Per row: one pass over the logits for the max, the NaN test and Jensen's lower bound of the
-// root; then safeguarded Newton on G(t) = S(t)^(1/power) − 1, which is convex and decreasing
-// (a power mean of affine functions), so that from a lower bound the iterates increase
-// monotonically to the root: every iterate is a lower bound, and the classes at or below it
-// carry no mass at the root (once they are most of the row, the others are copied to a
-// buffer that the next passes read). For power = 1 a step from a point with the root's support
-// is exact. For power = 2 (α = 1.5) a pass also gives an upper bound of the root (the root of
-// the quadratic S is on the support above the iterate), and the next pass lists the few
-// classes between its iterate and that bound: with them the root is exact after that pass
-// (WindowRoot); random rows of 32768 classes take two passes after the first.
+// root; then safeguarded Newton on G(t) = S(t)^(1/power) − 1, monotone in t and convex (sparse)
+// or concave (poles) as a power mean of affine functions, so that from a lower bound the
+// iterates increase monotonically to the root. For the sparse laws every iterate is a lower
+// bound, and the classes at or below it carry no mass at the root (once they are most of the
+// row, the others are copied to a buffer that the next passes read); a step from a point with
+// the root's support is exact for power 1. For power 2 (α = 1.5) a pass also gives an upper
+// bound of the root (the root of the quadratic S is on the support above the iterate), and the
+// next pass lists the few classes between its iterate and that bound: with them the root is
+// exact after that pass (WindowRoot); random rows of 32768 classes take two passes after the
+// first.
 
 #include <algorithm>
 #include <atomic>
@@ -326,6 +329,159 @@ struct Scratch {
   std::vector<float> x, q;
 };
 
+// The search of the sparse power laws (power > 0) from the bracket [lo, hi] in the frame of
+// the row max m; coef includes a q shared by the classes. Sets the root and the value's sum.
+template <int power, bool shared_q>
+void SparseRoot(const float* x, const float* q, int64_t k, double m, double coef, double lo,
+                double hi, Scratch& scratch, double* root, double* excess) {
+  // The passes read the row until the classes above the lower bound are fewer than half of
+  // it (unit q: a few percent after one pass; uniform q: never); those are then copied to a
+  // buffer, which shrinks the same way.
+  const float* xs = x;
+  const float* qs = shared_q ? nullptr : q;
+  int64_t n = k;
+  double t = lo, t_last = lo;
+  const double inv_power = 1.0 / power;
+  Sums<power> last;
+  Window window;
+  for (int it = 0; it < kMaxIterations; ++it) {
+    const bool between = power == 2 && window.top > t;
+    const Sums<power> s = between
+                              ? Accumulate<power, shared_q, true>(xs, qs, n, m, t, &window)
+                              : Accumulate<power, shared_q, false>(xs, qs, n, m, t, nullptr);
+    last = s;
+    t_last = t;
+    const double mass = coef * s.m[power];
+    if (mass >= 1.0) lo = t;
+    if (mass <= 1.0) hi = t;
+    if (mass == 1.0) break;
+    if constexpr (power == 2) {
+      // With the window's classes the root follows from this pass's moments (WindowRoot). The
+      // quadratic that S is on the support above t, coef (m2 − 2 u m1 + m0 u²), has its
+      // smaller root above the root where classes leave the support before it (it exceeds S
+      // there): the top of the next pass's window.
+      double u;
+      if (between && WindowRoot(t, coef, window, last.m, &u)) {
+        t += u;
+        break;
+      }
+      const double a = s.m[0], b = s.m[1], c = s.m[2] - 1.0 / coef;
+      const double disc = b * b - a * c;
+      const bool real = disc >= 0.0 && a > 0.0 && c >= 0.0;
+      window.top = real ? std::min(hi, t + c / (b + std::sqrt(disc))) : -kInf;
+    }
+    // Newton on G = S^(1/power) − 1, with S' = −coef · power · m[power − 1]: −G / G' =
+    // (S − S^(1 − 1/power)) / (coef · m[power − 1]).
+    const double step = (mass - std::pow(mass, 1.0 - inv_power)) / (coef * s.m[power - 1]);
+    double next = t + step;
+    const bool converged = std::abs(step) <= kStepTolerance * std::abs(t);
+    if (!(std::isfinite(next) && next > lo && next < hi) && !converged) next = 0.5 * (lo + hi);
+    t = next;
+    if (converged) break;
+    // The classes above t are above the new lower bound: compact once they are few.
+    if (2 * s.count < n && lo == t_last) {
+      if (xs == x) {
+        scratch.x.resize(n);
+        if constexpr (!shared_q) scratch.q.resize(n);
+      }
+      n = Compact<shared_q>(xs, qs, n, m, lo, scratch.x.data(), scratch.q.data());
+      xs = scratch.x.data();
+      if constexpr (!shared_q) qs = scratch.q.data();
+    }
+  }
+  // Σ q (f*(θ − τ) + f(0)) = coef / (power + 1) · Σ q r^(power + 1), for the value.
+  *excess = coef / (power + 1) * ShiftedTopMoment<power>(last.m, t - t_last);
+  *root = t;
+}
+
+// Sums over all the classes of a pole power law (power < 0), for u = t − z > 0: Σ q u^power
+// (the mass), Σ q u^(power − 1) (its slope) and Σ q u^(power + 1) (the value's, power ≤ −2).
+struct PoleSums {
+  double mass = 0.0, slope = 0.0, value = 0.0;
+};
+
+template <int power, bool shared_q>
+inline void AddPoleGroup(V4d v, const float* q, V4d offset, V4d t, V4d* sums) {
+  // u = (offset − v) + t: offset − v is exact, and a root 1e-20 above the max is not lost in
+  // offset + t.
+  const V4d inv = Splat(1.0) / ((offset - v) + t);  // 1 / u; 0 for a −inf logit
+  V4d w = Splat(1.0);
+  if constexpr (!shared_q) w = Load4(q);
+  V4d value = w;  // w u^(power + 1) after the loop
+  for (int i = 0; i < -power - 1; ++i) value *= inv;
+  const V4d mass = value * inv;
+  sums[0] += mass;
+  sums[1] += mass * inv;
+  sums[2] += value;
+}
+
+template <int power, bool shared_q>
+PoleSums AccumulatePole(const float* x, const float* q, int64_t n, double offset, double t) {
+  const V4d voffset = Splat(offset), vt = Splat(t);
+  V4d sums[2][3];
+  for (auto& set : sums) {
+    for (V4d& v : set) v = Splat(0.0);
+  }
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    AddPoleGroup<power, shared_q>(Load4(x + j), q + j, voffset, vt, sums[0]);
+    AddPoleGroup<power, shared_q>(Load4(x + j + 4), q + j + 4, voffset, vt, sums[1]);
+  }
+  PoleSums out;
+  for (int set = 0; set < 2; ++set) {
+    for (int lane = 0; lane < 4; ++lane) {
+      out.mass += sums[set][0][lane];
+      out.slope += sums[set][1][lane];
+      out.value += sums[set][2][lane];
+    }
+  }
+  for (; j < n; ++j) {
+    const double inv = 1.0 / ((offset - static_cast<double>(x[j])) + t);
+    double value = shared_q ? 1.0 : static_cast<double>(q[j]);
+    for (int i = 0; i < -power - 1; ++i) value *= inv;
+    out.mass += value * inv;
+    out.slope += value * inv * inv;
+    out.value += value;
+  }
+  return out;
+}
+
+// The search of the pole power laws (power < 0: reverse KL, Hellinger, α ∈ {1/2, 2/3, 3/4}),
+// whose mass is positive for every class (u = t − z > 0): safeguarded Newton on
+// G = S^(1/power) − 1, concave and increasing, so that from the lower bound lo the iterates
+// increase monotonically to the root. Every pass reads the whole row. Sets the root and, for
+// power ≤ −2, the value's sum Σ q (f*(θ − τ) + f(0)) = coef / (−power − 1) · Σ q u^(power + 1)
+// (NaN for power = −1, whose f* is a log).
+template <int power, bool shared_q>
+void PoleRoot(const float* x, const float* q, int64_t k, double m, double coef, double lo,
+              double hi, double* root, double* excess) {
+  const double inv_power = 1.0 / power;
+  double t = lo;
+  PoleSums s;
+  double t_last = lo;
+  for (int it = 0; it < kMaxIterations; ++it) {
+    s = AccumulatePole<power, shared_q>(x, q, k, m, t);
+    t_last = t;
+    const double mass = coef * s.mass;
+    if (mass >= 1.0) lo = t;
+    if (mass <= 1.0) hi = t;
+    if (mass == 1.0) break;
+    // S' = coef · power · Σ q u^(power − 1): −G / G' = −(S − S^(1 − 1/power)) / (coef · slope).
+    const double step = -(mass - std::pow(mass, 1.0 - inv_power)) / (coef * s.slope);
+    double next = t + step;
+    const bool converged = std::abs(step) <= kStepTolerance * std::abs(t);
+    if (!(std::isfinite(next) && next > lo && next < hi) && !converged) next = 0.5 * (lo + hi);
+    t = next;
+    if (converged) break;
+  }
+  // The value's sum at the root, to first order from the last pass: d u^(power + 1) / dt =
+  // (power + 1) u^power.
+  *excess = power == -1 ? kNaN
+                        : coef / (-power - 1) * (s.value + (power + 1) * (t - t_last) * s.mass);
+  *root = t;
+}
+
+
 template <int power, bool shared_q>
 RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
   const int64_t k = p.classes;
@@ -368,78 +524,31 @@ RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
 
   // The bracket of the anchored root in the frame of the row max (see bracket() in
   // root_finding.py): the argmax alone has mass 1 at lo, no class more than its share at hi.
-  const double inv_power = 1.0 / static_cast<double>(power);
-  double lo = -std::pow(1.0 / (p.coef * q_top), inv_power);
-  double hi = -std::pow(1.0 / (p.coef * q_total), inv_power);
+  // The root is below the row max for the sparse laws and above it for the poles.
+  const double sign = power > 0 ? -1.0 : 1.0, inv_power = 1.0 / power;
+  double lo = sign * std::pow(1.0 / (p.coef * q_top), inv_power);
+  double hi = sign * std::pow(1.0 / (p.coef * q_total), inv_power);
   const double jensen = weighted / q_total - m + hi;  // −inf when a class in q is −inf
-  lo = std::max(lo, std::min(jensen, hi));
-  // Jensen's bound is tight for rows of equal logits: leave room for its rounding.
-  lo -= 8.0 * std::numeric_limits<double>::epsilon() * (1.0 + std::abs(lo) + std::abs(m));
+  // Each bound is lowered by its rounding: the argmax's by a few ulps of itself (a pole root
+  // can lie 1e-14 above the max, and must stay above it), Jensen's, tight for rows of equal
+  // logits, by a few ulps of the mean logit it subtracts.
+  const double eps = std::numeric_limits<double>::epsilon();
+  lo -= 4.0 * eps * std::abs(lo);
+  lo = std::max(lo, std::min(jensen, hi) - 8.0 * eps * (1.0 + std::abs(hi) + std::abs(m)));
 
-  // The passes read the row until the classes above the lower bound are fewer than half of
-  // it (unit q: a few percent after one pass; uniform q: never); those are then copied to a
-  // buffer, which shrinks the same way.
-  const float* xs = x;
-  const float* qs = shared_q ? nullptr : qrow;
-  int64_t n = k;
-  double t = lo, t_last = lo;
-  Sums<power> last;
-  Window window;
-  for (int it = 0; it < kMaxIterations; ++it) {
-    const bool between = power == 2 && window.top > t;
-    const Sums<power> s = between
-                              ? Accumulate<power, shared_q, true>(xs, qs, n, m, t, &window)
-                              : Accumulate<power, shared_q, false>(xs, qs, n, m, t, nullptr);
-    last = s;
-    t_last = t;
-    const double mass = p.coef * q_scale * s.m[power];
-    if (mass >= 1.0) lo = t;
-    if (mass <= 1.0) hi = t;
-    if (mass == 1.0) break;
-    if constexpr (power == 2) {
-      // With the window's classes the root follows from this pass's moments (WindowRoot). The
-      // quadratic that S is on the support above t, coef (m2 − 2 u m1 + m0 u²), has its
-      // smaller root above the root where classes leave the support before it (it exceeds S
-      // there): the top of the next pass's window.
-      double u;
-      if (between && WindowRoot(t, p.coef * q_scale, window, last.m, &u)) {
-        t += u;
-        break;
-      }
-      const double a = s.m[0], b = s.m[1], c = s.m[2] - 1.0 / (p.coef * q_scale);
-      const double disc = b * b - a * c;
-      const bool real = disc >= 0.0 && a > 0.0 && c >= 0.0;
-      window.top = real ? std::min(hi, t + c / (b + std::sqrt(disc))) : -kInf;
-    }
-    // Newton on G = S^(1/power) − 1, with S' = −coef · power · m[power − 1]: −G / G' =
-    // (S − S^(1 − 1/power)) / (coef · m[power − 1]).
-    const double step =
-        (mass - std::pow(mass, 1.0 - inv_power)) / (p.coef * q_scale * s.m[power - 1]);
-    double next = t + step;
-    const bool converged = std::abs(step) <= kStepTolerance * std::abs(t);
-    if (!(std::isfinite(next) && next > lo && next < hi) && !converged) next = 0.5 * (lo + hi);
-    t = next;
-    if (converged) break;
-    // The classes above t are above the new lower bound: compact once they are few.
-    if (2 * s.count < n && lo == t_last) {
-      if (xs == x) {
-        scratch.x.resize(n);
-        if constexpr (!shared_q) scratch.q.resize(n);
-      }
-      n = Compact<shared_q>(xs, qs, n, m, lo, scratch.x.data(), scratch.q.data());
-      xs = scratch.x.data();
-      if constexpr (!shared_q) qs = scratch.q.data();
-    }
+  double t, excess;
+  if constexpr (power > 0) {
+    SparseRoot<power, shared_q>(x, qrow, k, m, p.coef * q_scale, lo, hi, scratch, &t, &excess);
+  } else {
+    PoleRoot<power, shared_q>(x, qrow, k, m, p.coef * q_scale, lo, hi, &t, &excess);
   }
-  // Σ q (f*(θ − τ) + f(0)) = coef / (power + 1) · Σ q r^(power + 1), for the value.
-  const double excess = p.coef * q_scale / (power + 1) *
-                        ShiftedTopMoment<power>(last.m, t - t_last);
 
   // The frame: the root rounded to float32 in the logits' frame, so that θ_j − shift is exact
-  // for the classes next to the root, and t the rest of it.
-  const double root = m + t;
-  const float shift = static_cast<float>(root);
-  return {shift, static_cast<float>(root - static_cast<double>(shift)),
+  // for the classes next to the root, and t the rest of it, taken as (m − shift) + t (exact,
+  // then rounded once): a pole root 1e-30 above a logit of 1 (reverse KL with a tiny q_j) is
+  // lost in m + t even in double, and −1/r would be infinite at that class.
+  const float shift = static_cast<float>(m + t);
+  return {shift, static_cast<float>((m - static_cast<double>(shift)) + t),
           static_cast<float>(q_total), false, static_cast<float>(excess)};
 }
 
@@ -459,6 +568,14 @@ void SolveRows(const Problem& p, int64_t begin, int64_t end) {
 template <bool shared_q>
 void SolveRange(const Problem& p, int64_t begin, int64_t end) {
   switch (p.power) {
+    case -4:
+      return SolveRows<-4, shared_q>(p, begin, end);
+    case -3:
+      return SolveRows<-3, shared_q>(p, begin, end);
+    case -2:
+      return SolveRows<-2, shared_q>(p, begin, end);
+    case -1:
+      return SolveRows<-1, shared_q>(p, begin, end);
     case 1:
       return SolveRows<1, shared_q>(p, begin, end);
     case 2:
@@ -507,8 +624,8 @@ ffi::Error PowerRootImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> theta,
   if (rank == 0 || q_dims.size() != rank) {
     return ffi::Error::InvalidArgument("fdiv_power_root: q must have the logits' rank (>= 1)");
   }
-  if (power < 1 || power > 4) {
-    return ffi::Error::InvalidArgument("fdiv_power_root: power must lie in [1, 4]");
+  if (power == 0 || power < -4 || power > 4) {
+    return ffi::Error::InvalidArgument("fdiv_power_root: power must lie in [-4, 4], not 0");
   }
   auto work = std::make_shared<Work>();
   Problem& p = work->problem;

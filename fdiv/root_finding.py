@@ -483,15 +483,18 @@ def uses_kernel(gen: Generator, solver: str, num_iters: int | None, dtype) -> bo
     )
 
 
-def solve_with_kernel(theta: Array, q: Array, gen: Generator) -> tuple[Root, RowTotals, Array]:
+def solve_with_kernel(
+    theta: Array, q: Array, gen: Generator
+) -> tuple[Root, RowTotals, Array | None]:
     """The root and row totals of a power-law generator from the CPU kernel (CPU only: see
     :func:`uses_kernel`), and each row's ``Σ_j q_j (f*(θ_j − τ) + f(0))``, the sum in the
-    f-softmax's value. Not differentiable (stop_gradient)."""
+    f-softmax's value (None for reverse KL, whose ``f*`` is a log the kernel does not
+    evaluate). Not differentiable (stop_gradient)."""
     theta, q = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(q)
     coef, power = gen.power_law
     q = q.reshape((1,) * (theta.ndim - q.ndim) + q.shape)
     shift, t, q_sum, empty, excess = cpu_kernel.power_root(theta, q, coef, power)
-    return Root(shift, t), RowTotals(q_sum, empty), excess
+    return Root(shift, t), RowTotals(q_sum, empty), None if power == -1 else excess
 
 
 def solve(

@@ -135,6 +135,11 @@ class Generator(abc.ABC):
         """``(f*)''(a + r)``."""
         return self.conj_hess(r + self.anchor if self.anchor else r)
 
+    def weighted_conj_hess_rel(self, q: Array, r: Array) -> Array:
+        """``q · (f*)''(a + r)``, the weights of the Newton step and of the root's derivative;
+        the poles order the product so that a tiny ``q`` next to the pole does not overflow."""
+        return q * self.conj_hess_rel(r)
+
     def conj_rel(self, r: Array) -> Array:
         """``f*(a + r)``."""
         return self.conj(r + self.anchor if self.anchor else r)
@@ -229,6 +234,11 @@ class ReverseKL(Generator):
         s = 1.0 / r  # not 1 / r²: its derivative at r = −inf would be NaN
         return s * s
 
+    def weighted_conj_hess_rel(self, q, r):
+        # q = 1e-20 puts the root ~1e-20 from the pole: 1/r² overflows float32, q/r² does not.
+        s = 1.0 / r
+        return (q * s) * s
+
     def conj_rel(self, r):
         return -jnp.log(-r)
 
@@ -319,6 +329,10 @@ class Hellinger(Generator):
     def conj_hess_rel(self, r):
         s = -1.0 / r
         return 2.0 * s * s * s
+
+    def weighted_conj_hess_rel(self, q, r):
+        s = -1.0 / r  # q s² ~ 1 at the classes next to the pole: no overflow in that order
+        return 2.0 * ((q * s) * s) * s
 
     def conj_rel(self, r):
         return -1.0 / r - 1.0

@@ -42,7 +42,7 @@ def _implicit_root_jvp(gen: Generator, primals, tangents):
     t = _implicit_root_for(gen)(theta, q, t)  # differentiable: exact higher orders
     r = theta - t[..., None]
     unmasked = theta != -jnp.inf
-    w = q * gen.conj_hess_rel(r)
+    w = gen.weighted_conj_hess_rel(q, r)
     numerator = _rows.row_sum(jnp.where(unmasked, w * dtheta, 0.0))
     numerator = numerator + _rows.row_sum(gen.conj_grad_rel(r) * dq)
     total = _rows.row_sum(w)

@@ -270,7 +270,7 @@ def _newton_update(z, q, gen, t):
     """``(S(t), Newton's step on F = f'(S) from t)``."""
     r = z - t[..., None]
     s = _rows.row_sum(q * gen.conj_grad_rel(r))
-    d = _rows.row_sum(q * gen.conj_hess_rel(r))
+    d = _rows.row_sum(gen.weighted_conj_hess_rel(q, r))
     # dF/dτ = −f''(S) Σ_j q_j (f*)''(θ_j − τ) = −f''(S) d.
     return s, gen.f_prime(s) / (gen.f_prime2(s) * d)
 

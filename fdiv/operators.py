@@ -110,11 +110,11 @@ def _value_rel(
     about ``−V f(0)``, and its float32 rounding depends on the order of the reduction (7e-4
     for 1000 ties with χ², different between the fused head's chunks and a whole batch).
     ``excess`` is that sum when the CPU kernel has computed it (not differentiable: see
-    :func:`_enveloped`).
+    :func:`_enveloped`), also for the poles with a finite ``f(0)`` (Hellinger).
     """
     if isinstance(gen, KL):
         value = t + 1.0 - totals.q_sum
-    elif gen.is_sparse:
+    elif gen.is_sparse or excess is not None:
         if excess is None:
             excess = _rows.row_sum(q * (_conj_terms(theta, t, gen) + gen.f_at_zero))
         value = t - gen.anchor + excess - totals.q_sum * gen.f_at_zero

@@ -57,8 +57,10 @@ Solvers:
   most the cap. For χ² and α = 2 the mass is linear in τ on a fixed support, so
   a secant step through two iterates with the same support lands on the
   closed-form root of that support: no separate closed-form finish is needed.
-* ``"auto"``: the closed form for KL (log-sum-exp, no search) and Newton for
-  every other generator.
+* ``"auto"``: the closed form for KL (log-sum-exp, no search); on CPU, the kernel of
+  fdiv/cpu_kernel.py for the generators with a power-law map (``Generator.power_law``: the
+  α-divergences with an integer 1/(α − 1), χ², reverse KL, Hellinger); Newton for every other
+  generator, and on GPU and TPU.
 
 The root is never differentiated: the operators and losses differentiate it
 implicitly (see operators.py), so the iterates are not stored.
@@ -457,8 +459,7 @@ def map_rows(
     the solver makes its passes (``_rows.map_row_blocks``); whole for KL's closed form on rows
     of at most 32768 classes, whose two passes then stream faster than the blocks loop (longer
     rows take XLA:CPU's slow path, see ``_rows.row_sum``: in blocks the KL loss at V = 128k
-    runs 1.6× faster). The CPU kernel (:func:`uses_kernel`) runs on the blocks too: the passes
-    of ``fn`` after the root (the loss's value) then read the block from cache."""
+    runs 1.6× faster)."""
     if streams(gen, solver, theta.shape[-1]):
         return fn(theta, q)
     return _rows.map_row_blocks(fn, theta, q)

@@ -313,6 +313,16 @@ def _chunked(x: Array, n_chunks: int, chunk: int, fill=0) -> Array:
     return x.reshape(n_chunks, chunk, *x.shape[1:])
 
 
+def _head_solver(gen: Generator, solver: str) -> str:
+    """The head's solver: "auto" without the CPU kernel (JAX Newton, which "auto" is for every
+    generator but KL off the kernel). The head's time is its matmuls' (the kernel saved nothing
+    there, measured), and the kernel's operand keeps a chunk's logits alive beside their
+    gradient, which XLA otherwise writes in place: 1.5× the head's temporaries at chunks of 256."""
+    return (
+        "newton" if solver == "auto" and rf.uses_kernel(gen, solver, None, jnp.float32) else solver
+    )
+
+
 def fused_linear_fdiv_loss(
     hidden: Array,
     weight: Array,
@@ -364,7 +374,8 @@ def fused_linear_fdiv_loss(
         matmuls, which may pay on GPU/TPU.
       reduction: ``"none"`` (per-token losses ``[N]``), ``"sum"``, or ``"mean"`` (the sum
         divided by the number of unmasked tokens, at least 1).
-      solver, num_iters: see :func:`fdiv.f_softargmax`.
+      solver, num_iters: see :func:`fdiv.f_softargmax`; here ``"auto"`` never takes the CPU
+        kernel of the power-law generators (see ``_head_solver``).
 
     Returns:
       Per-token losses ``[N]`` or their sum/mean; float32 for half-precision inputs.
@@ -458,7 +469,14 @@ def fused_linear_fdiv_loss(
         for key, x in chunk_arrays.items()
     }
     static = _Static(
-        gen, solver, num_iters, reduction, float(temperature), isinstance(q_arr, str), kind, dtype
+        gen,
+        _head_solver(gen, solver),
+        num_iters,
+        reduction,
+        float(temperature),
+        isinstance(q_arr, str),
+        kind,
+        dtype,
     )
     out = _fused(
         static, _chunked(hidden, n_chunks, chunk), weight, {"consts": consts, "chunks": chunks}

@@ -181,3 +181,15 @@ def test_pole_root_next_to_the_max(divergence):
         p = fdiv.f_softargmax(x, divergence, q=q, solver=solver)
         np.testing.assert_allclose(p[0], expected, rtol=1e-6, err_msg=solver)
     assert np.isfinite(fdiv.f_softmax(x, divergence, q=q)).all()
+
+
+def test_the_fused_head_keeps_the_jax_solver():
+    """Its time is its matmuls', and the kernel's operand would keep a chunk's logits alive
+    beside their gradient (the head's peak memory 0.113x → 0.131x of the unfused path)."""
+    hidden, weight = jnp.zeros((6, 4)), jnp.zeros((4, 16))
+    labels = jnp.zeros(6, int)
+
+    def head(h, w):
+        return fdiv.fused_linear_fdiv_loss(h, w, labels, "alpha:1.5", reduction="sum")
+
+    assert "fdiv_power_root" not in _lowered(jax.grad(head, argnums=(0, 1)), hidden, weight)

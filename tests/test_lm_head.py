@@ -204,7 +204,9 @@ def test_ties_at_the_support_end_match_unfused(divergence, rng):
     the fused head must use it too. The logits ``c + r_j`` are exact: weight rows of ones and of
     small offsets ``r``, hidden rows ``[c, 0|1, 0|1]``. The first column of the hidden
     gradient is ``g (Σp − 1)`` (the weight row of ones), so its tolerance 1e-5 is the unfused
-    tests' ``|Σp − 1| ≤ 1e-5``; a fused head solving for τ itself was 5e-5 off there."""
+    tests' ``|Σp − 1| ≤ 1e-5``; a fused head solving for τ itself was 5e-5 off there. Against the
+    unfused path with the head's own solver (JAX Newton: ``_head_solver``): with unit q over 1000
+    classes the float32 values of the two solvers differ by 6e-5 (README, Status)."""
     v = 1000
     weight = np.stack(
         [
@@ -218,7 +220,7 @@ def test_ties_at_the_support_end_match_unfused(divergence, rng):
     cotangent = rng.normal(size=len(hidden)).astype(np.float32)
     args = (divergence, "unit", "none", labels)
     fused = _value_and_grads(_fused(*args, chunk_size=2), hidden, weight, cotangent, "none")
-    unfused = _value_and_grads(_unfused(*args), hidden, weight, cotangent, "none")
+    unfused = _value_and_grads(_unfused(*args, solver="newton"), hidden, weight, cotangent, "none")
     _assert_same(fused, unfused)
 
 

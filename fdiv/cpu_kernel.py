@@ -41,7 +41,7 @@ Array = jax.Array
 
 _SOURCE = Path(__file__).with_name("power_root.cc")
 _TARGET = "fdiv_power_root"
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp-simd")
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared")
 
 
 def _cpu_flags() -> str:
@@ -69,7 +69,8 @@ def build() -> Path:
     """Compiles the kernel unless the cache has it; returns the shared library's path.
 
     Raises:
-      RuntimeError: no C++ compiler, or the compilation failed (with its output).
+      RuntimeError: no C++ compiler found, or the compilation failed (with its output).
+      OSError: the compiler could not be run, or the cache directory not written.
     """
     path = _library_path()
     if path.exists():

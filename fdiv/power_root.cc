@@ -23,7 +23,7 @@
 // bound of the root (the root of the quadratic S is on the support above the iterate), and the
 // next pass lists the few classes between its iterate and that bound: with them the root is
 // exact after that pass (WindowRoot); random rows of 32768 classes take two passes after the
-// first.
+// first for logits N(0, 1), three for 2·N(0, 1).
 
 #include <algorithm>
 #include <atomic>

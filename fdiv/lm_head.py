@@ -314,13 +314,12 @@ def _chunked(x: Array, n_chunks: int, chunk: int, fill=0) -> Array:
 
 
 def _head_solver(gen: Generator, solver: str) -> str:
-    """The head's solver: "auto" without the CPU kernel (JAX Newton, which "auto" is for every
-    generator but KL off the kernel). The head's time is its matmuls' (the kernel saved nothing
-    there, measured), and the kernel's operand keeps a chunk's logits alive beside their
-    gradient, which XLA otherwise writes in place: 1.5× the head's temporaries at chunks of 256."""
-    return (
-        "newton" if solver == "auto" and rf.uses_kernel(gen, solver, None, jnp.float32) else solver
-    )
+    """The head's solver: "auto" without the CPU kernel, i.e. JAX Newton for the power-law
+    generators (what "auto" is for them off the kernel, on every platform). The head's time is
+    its matmuls' (the kernel saved nothing there, measured), and the kernel's operand keeps a
+    chunk's logits alive beside their gradient, which XLA otherwise writes in place: 1.5× the
+    head's temporaries at chunks of 256."""
+    return "newton" if solver == "auto" and gen.power_law is not None else solver
 
 
 def fused_linear_fdiv_loss(

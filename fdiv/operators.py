@@ -151,7 +151,7 @@ def _value_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array, Array]
     if not rf.uses_kernel(gen, solver, num_iters, theta.dtype):
         return rf.map_rows(rows, theta, q, gen, solver)
     solved = functools.partial(jax.lax.platform_dependent, cpu=kernel_rows, default=rows)
-    if gen.power_law[1] == -1:  # the value's pass in XLA: over blocks of rows in cache
+    if not rf.kernel_gives_value(gen):  # the value's pass in XLA: over blocks of rows in cache
         return rf.map_rows(solved, theta, q, gen, solver)
     return solved(theta, q)
 

@@ -68,6 +68,7 @@ implicitly (see operators.py), so the iterates are not stored.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
@@ -495,7 +496,13 @@ def solve_with_kernel(
     coef, power = gen.power_law
     q = q.reshape((1,) * (theta.ndim - q.ndim) + q.shape)
     shift, t, q_sum, empty, excess = cpu_kernel.power_root(theta, q, coef, power)
-    return Root(shift, t), RowTotals(q_sum, empty), None if power == -1 else excess
+    return Root(shift, t), RowTotals(q_sum, empty), excess if kernel_gives_value(gen) else None
+
+
+def kernel_gives_value(gen: Generator) -> bool:
+    """Whether the kernel's ``Σ_j q_j (f*(θ_j − τ) + f(0))`` is defined: ``f(0)`` finite (not
+    reverse KL, whose ``f*`` is a log)."""
+    return math.isfinite(gen.f_at_zero)
 
 
 def solve(

@@ -141,10 +141,13 @@ def _chunk_loss(
     As in the unfused loss, everything is computed relative to ``m``: ``⟨θ, y⟩ = ⟨θ − m, y⟩ +
     m Σy`` and ``m`` cancels against the f-softmax's when ``Σy = 1``. The value comes from the
     unfused loss's own blocked computation (:func:`fdiv.operators._value_parts`), so nothing
-    of the chunk's size is written but its logits and their gradient.
+    of the chunk's size is written but its logits and their gradient. Without the CPU kernels:
+    the head's time is its matmuls' (the power-law kernel saved nothing there, measured), and a
+    kernel's operand keeps a chunk's logits alive beside their gradient, which XLA otherwise
+    writes in place (1.5× the head's temporaries at chunks of 256).
     """
     gen, k = static.gen, theta.shape[-1]
-    value, shift, t = _value_parts(theta, q_arr, gen, static.solver, static.num_iters)
+    value, shift, t = _value_parts(theta, q_arr, gen, static.solver, static.num_iters, kernel=False)
     empty = _is_empty(value)
     q_sum = _reference_mass(q_arr, k)
     valid = jnp.ones(theta.shape[:1], bool)
@@ -313,15 +316,6 @@ def _chunked(x: Array, n_chunks: int, chunk: int, fill=0) -> Array:
     return x.reshape(n_chunks, chunk, *x.shape[1:])
 
 
-def _head_solver(gen: Generator, solver: str) -> str:
-    """The head's solver: "auto" without the CPU kernel, i.e. JAX Newton for the power-law
-    generators (what "auto" is for them off the kernel, on every platform). The head's time is
-    its matmuls' (the kernel saved nothing there, measured), and the kernel's operand keeps a
-    chunk's logits alive beside their gradient, which XLA otherwise writes in place: 1.5× the
-    head's temporaries at chunks of 256."""
-    return "newton" if solver == "auto" and gen.power_law is not None else solver
-
-
 def fused_linear_fdiv_loss(
     hidden: Array,
     weight: Array,
@@ -374,7 +368,7 @@ def fused_linear_fdiv_loss(
       reduction: ``"none"`` (per-token losses ``[N]``), ``"sum"``, or ``"mean"`` (the sum
         divided by the number of unmasked tokens, at least 1).
       solver, num_iters: see :func:`fdiv.f_softargmax`; here ``"auto"`` never takes the CPU
-        kernel of the power-law generators (see ``_head_solver``).
+        kernels (see ``_chunk_loss``).
 
     Returns:
       Per-token losses ``[N]`` or their sum/mean; float32 for half-precision inputs.
@@ -469,7 +463,7 @@ def fused_linear_fdiv_loss(
     }
     static = _Static(
         gen,
-        _head_solver(gen, solver),
+        solver,
         num_iters,
         reduction,
         float(temperature),

@@ -63,16 +63,18 @@ def _probabilities_rel(theta: Array, q: Array, t: Array, gen: Generator) -> Arra
     return q * gen.conj_grad_rel(theta - t[..., None])
 
 
-def _shifted_root(theta, q, gen, solver, num_iters) -> tuple[Array, rf.Root, rf.RowTotals]:
+def _shifted_root(
+    theta, q, gen, solver, num_iters, kernel: bool = True
+) -> tuple[Array, rf.Root, rf.RowTotals]:
     """``(z, root, totals)``: the logits minus the solver's frame ``root.shift``, the root and
     the row's sums.
 
     The frame is the row max moved next to the root (see ``root_finding._Frame``): it keeps τ
     exact for huge logits (1e9 + τ would round τ away in float32) and resolves the classes at
     the edge of the support. The shift is a constant for differentiation: every function here
-    is invariant to it.
+    is invariant to it. ``kernel``: as :func:`fdiv.root_finding.solve`.
     """
-    root, totals = rf.solve(theta, q, gen, solver, num_iters)
+    root, totals = rf.solve(theta, q, gen, solver, num_iters, kernel)
     return theta - root.shift[..., None], root, totals
 
 
@@ -123,19 +125,22 @@ def _value_rel(
     return jnp.where(totals.empty, -jnp.inf, value)
 
 
-def _value_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array, Array]:
+def _value_parts(
+    theta, q, gen, solver, num_iters, kernel: bool = True
+) -> tuple[Array, Array, Array]:
     """``(softmax_f(θ; q) − m, m, t)`` per row: the value in the solver's frame ``m`` and the
     anchored root ``t`` in that frame, differentiable through the root's implicit derivative.
 
     One block of rows at a time on CPU (``root_finding.map_rows``): the row max, the solver's
-    passes and the value's pass all read the block from cache. With the CPU kernel
-    (``root_finding.uses_kernel``) the value's sum comes from the kernel's last pass, and the
-    value gets its derivative from the envelope rule (:func:`_enveloped`); for reverse KL the
-    kernel gives the root alone, and the value's pass runs in XLA over the blocks.
+    passes and the value's pass all read the block from cache. With a CPU kernel
+    (``root_finding.uses_kernel``; ``kernel=False`` keeps the JAX solvers) the value comes with
+    the root (KL's needs no sum; the power laws' sum is the kernel's last pass), and gets its
+    derivative from the envelope rule (:func:`_enveloped`); for reverse KL the kernel gives the
+    root alone, and the value's pass runs in XLA over the blocks.
     """
 
-    def rows(theta: Array, q: Array) -> tuple[Array, Array, Array]:
-        z, root, totals = _shifted_root(theta, q, gen, solver, num_iters)
+    def rows(theta: Array, q: Array) -> tuple[Array, Array, Array]:  # the JAX solvers
+        z, root, totals = _shifted_root(theta, q, gen, solver, num_iters, kernel=False)
         t = _implicit_root_for(gen)(z, q, root.t)
         return _value_rel(z, q, t, gen, totals), root.shift, t
 
@@ -143,12 +148,12 @@ def _value_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array, Array]
         root, totals, excess = rf.solve_with_kernel(theta, q, gen)
         z = theta - root.shift[..., None]
         t = _implicit_root_for(gen)(z, q, root.t)
-        if excess is None:
+        if not rf.kernel_gives_value(gen):
             return _value_rel(z, q, t, gen, totals), root.shift, t
         value = _value_rel(z, q, root.t, gen, totals, excess)
         return _enveloped(value, theta, root.shift, q, t, gen), root.shift, t
 
-    if not rf.uses_kernel(gen, solver, num_iters, theta.dtype):
+    if not (kernel and rf.uses_kernel(gen, solver, num_iters, theta.dtype)):
         return rf.map_rows(rows, theta, q, gen, solver)
     solved = functools.partial(jax.lax.platform_dependent, cpu=kernel_rows, default=rows)
     if not rf.kernel_gives_value(gen):  # the value's pass in XLA: over blocks of rows in cache
@@ -182,18 +187,21 @@ def _softmax_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array]:
     whole derivative of ``softmax_f``, so only the sum (or the first part minus logits shifted
     by ``m``) is meaningful to differentiate.
     """
-    if rf.streams(gen, solver, theta.shape[-1]):
+    kernel = rf.uses_kernel(gen, solver, num_iters, theta.dtype)
+    if rf.streams(gen, solver, theta.shape[-1]) and not kernel:
         return _kl_parts(theta, q)
     return _implicit_softmax_parts(theta, q, gen, solver, num_iters)
 
 
 def _kl_parts(theta: Array, q: Array) -> tuple[Array, Array]:
     """KL's parts as the log-sum-exp ``log Σ_j q_j exp(θ_j − m) + 1 − Q``, differentiated by
-    plain autodiff (exact to all orders, like the implicit rule it replaces).
+    plain autodiff (exact to all orders, like the implicit rule it replaces), where the CPU
+    kernel does not serve (GPU, TPU, float64).
 
     Autodiff keeps ``exp(θ − m)`` from the forward pass and scales it in place for the gradient,
     as optax's cross-entropy does; the implicit rule would compute the exponentials twice (5–10 %
-    of the loss's time at V = 32k on CPU).
+    of the loss's time at V = 32k on CPU in XLA; the kernel's one pass over each row in its
+    forward is cheaper than XLA's two, README "Performance").
     """
     stats = rf.row_stats(theta, q)
     shift = jax.lax.stop_gradient(stats.shift)  # the frame is a constant, as in the solvers

@@ -9,8 +9,9 @@
 // on z_j > t for the sparse laws (0 below), and for every class for the poles (t > 0 ≥ z_j),
 // and t solves S(t) = Σ_j p_j = 1. XLA:CPU spends about a cycle per element on every pass of
 // the JAX solvers over a row; here a row stays in the core's cache while it is searched, the
-// sums are taken in double precision (so the root needs none of the float32 frames of
-// root_finding.py), and the classes that can no longer carry mass are dropped as the search
+// sums are taken in double precision (the sparse laws' in float over blocks of 256 classes,
+// then in double: see Accumulate), so that the root needs none of the float32 frames of
+// root_finding.py, and the classes that can no longer carry mass are dropped as the search
 // proceeds. See fdiv/cpu_kernel.py for how it is built and when it is used.
 //
 // Per row: one pass over the logits for the max, the NaN test and Jensen's lower bound of the
@@ -21,36 +22,24 @@
 // row, the others are copied to a buffer that the next passes read); a step from a point with
 // the root's support is exact for power 1. For power 2 (α = 1.5) a pass also gives an upper
 // bound of the root (the root of the quadratic S is on the support above the iterate), and the
-// next pass lists the few classes between its iterate and that bound: with them the root is
-// exact after that pass (WindowRoot); random rows of 32768 classes take two passes after the
-// first for logits N(0, 1), three for 2·N(0, 1).
+// next pass lists the classes between its iterate and that bound (up to 1024): with them the
+// root is exact after that pass (WindowRoot); random rows of 32768 classes take one pass after
+// the first for logits N(0, 1) and 2·N(0, 1) with uniform q (a window of ~500 classes for the
+// latter), one or two with unit q.
 
-#include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
-#include <cstdint>
-#include <cstring>
-#include <limits>
-#include <memory>
-#include <mutex>
-#include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "cpu_rows.h"
 
-#ifdef __AVX__
-#include <immintrin.h>
-#endif
-
-namespace ffi = xla::ffi;
-
+namespace fdiv_cpu {
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr int kMaxIterations = 100;
 // Newton's next error is about the square of a step below this (relative to the root).
 constexpr double kStepTolerance = 1e-10;
+// The sparse laws' sums are of float r (Accumulate), whose rounding moves the root by about an
+// ulp of the logits near it: steps below this, relative to |max θ| + |t|, are that noise.
+constexpr double kFloatResolution = 0x1p-22;
 
 struct RowResult {
   float shift;  // the frame: the root rounded to float32, in the logits' own frame
@@ -60,50 +49,18 @@ struct RowResult {
   float excess;  // Σ_j q_j (f*(θ_j − τ) + f(0)): the value's sum (_value_rel, operators.py)
 };
 
-// Four doubles (and their comparison masks): GCC's vector extensions, so that the passes are
-// vectorised the same way by every compiler version, reductions included.
-typedef double V4d __attribute__((vector_size(32)));
-typedef int64_t V4l __attribute__((vector_size(32)));
-typedef float V4f __attribute__((vector_size(16)));
-
-inline V4f LoadFloats(const float* p) {
-  V4f v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-inline V4d ToDouble(V4f v) {
-#ifdef __AVX__
-  return reinterpret_cast<V4d>(_mm256_cvtps_pd(reinterpret_cast<__m128>(v)));  // one instruction
-#else
-  return __builtin_convertvector(v, V4d);  // GCC 12 converts in two halves
-#endif
-}
-
-inline V4d Load4(const float* p) { return ToDouble(LoadFloats(p)); }
-
-// Whether any lane of a comparison is true (one instruction with AVX).
-inline bool Any(V4l mask) {
-#ifdef __AVX__
-  return _mm256_movemask_pd(reinterpret_cast<__m256d>(mask)) != 0;
-#else
-  return (mask[0] | mask[1] | mask[2] | mask[3]) != 0;
-#endif
-}
-
-inline V4d Splat(double x) { return V4d{x, x, x, x}; }
-
 // The classes between the iterate t and an upper bound `top` of the root (power 2): with the
 // moments above t they give the exact root in the same pass (see WindowRoot). At most
 // kWindow classes; more and the window is unusable (count > kWindow).
-constexpr int kWindow = 64;
+constexpr int kWindow = 1024;
 struct Window {
   double top = -kInf;  // in the frame of z
   int count = 0;
   double d[kWindow], q[kWindow];  // r = z − t of each class, and its q
-  // Where the eight classes of each step of the vector loop with one in the window start,
-  // expanded after the loop (a call in the loop would keep its sums in memory).
-  int64_t group[kWindow + 1];
+  // One byte per step of sixteen classes of the vector loop, nonzero where one may be in the
+  // window: expanded after the loop (a call in the loop would keep its sums in memory, and a
+  // count of steps would chain the loop's iterations). Per thread (Scratch), n / 16 bytes.
+  uint8_t* marks = nullptr;
 
   void Add(double r, double weight) {
     if (count < kWindow) {
@@ -117,24 +74,31 @@ struct Window {
 // Sums over the classes above t, for z = x − offset and r = z − t: the moments
 // m[i] = Σ q r^i for i ≤ power + 1 and how many classes they cover; with `windowed`, the
 // classes in the window (t, window->top] are listed too. x is the row, or the buffer of its
-// classes still above the lower bound (the logits themselves, so that z = x − max θ is exact
-// in double); q is per class unless shared.
+// classes still above the lower bound (the logits themselves); q is per class unless shared.
+//
+// r is taken in float as (x − e) − e', with e + e' the edge offset + t in two floats: exact
+// where x is within a factor 2 of e (the classes next to the edge, whose sign decides the
+// support), within an ulp of r elsewhere. The moments are summed in float over blocks of
+// kFlush classes (16 terms per lane) and in double across blocks: eight classes per vector
+// instead of four, at the accuracy of double sums of float r (the JAX solvers' r is float).
 template <int power>
 struct Sums {
   double m[power + 2] = {};
   int64_t count = 0;
 };
 
-// One group of four classes of Accumulate's vector loop: adds its moments and count, and
-// returns which of its classes lie above t (r > 0).
+constexpr int64_t kFlush = 256;
+
+// One vector of eight classes of Accumulate's loop: adds its moments and count, and returns
+// which of its classes lie above t (r > 0).
 template <int power, bool shared_q>
-inline V4l AddGroup(V4d v, const float* q, V4d edge, V4d* moments, V4l& count) {
-  const V4d zero = Splat(0.0);
-  const V4d r = v - edge;
-  const V4l in = r > zero;
-  V4d w = in ? Splat(1.0) : zero;
-  if constexpr (!shared_q) w = in ? Load4(q) : zero;
-  const V4d rp = in ? r : zero;
+inline V8i AddGroup(V8f v, const float* q, V8f edge, V8f edge_rest, V8f* moments, V8i& count) {
+  const V8f zero = Splat8(0.0f);
+  const V8f r = (v - edge) - edge_rest;
+  const V8i in = r > zero;
+  V8f w = in ? Splat8(1.0f) : zero;
+  if constexpr (!shared_q) w = in ? Load8(q) : zero;
+  const V8f rp = in ? r : zero;
   for (int i = 0; i < power + 2; ++i) {
     moments[i] += w;
     w *= rp;
@@ -143,50 +107,72 @@ inline V4l AddGroup(V4d v, const float* q, V4d edge, V4d* moments, V4l& count) {
   return in;
 }
 
+// The float r of a class, as AddGroup takes it.
+inline float Excess(float x, float edge, float edge_rest) { return (x - edge) - edge_rest; }
+
 template <int power, bool shared_q, bool windowed>
 Sums<power> Accumulate(const float* x, const float* q, int64_t n, double offset, double t,
                        Window* window) {
   const double edge = offset + t;  // r = x − edge
+  const float edge_f = static_cast<float>(edge);
+  const float edge_rest = static_cast<float>(edge - static_cast<double>(edge_f));
   const double top = windowed ? offset + window->top : -kInf;
-  const V4d vedge = Splat(edge), vtop = Splat(top);
-  // Two sets of sums, one per group of a pair: each sum waits on one addition per pair.
-  V4d moments[2][power + 2];
-  for (auto& set : moments) {
-    for (V4d& v : set) v = Splat(0.0);
-  }
-  V4l count[2] = {V4l{0, 0, 0, 0}, V4l{0, 0, 0, 0}};
-  int groups = 0;
+  // The window's test in float only marks the vectors to look at: rounded up, it misses no
+  // class at or below top, and the classes are then tested in double.
+  float top_f = static_cast<float>(top);
+  if (static_cast<double>(top_f) < top) top_f = std::nextafter(top_f, kInf);
+  const V8f vedge = Splat8(edge_f), vrest = Splat8(edge_rest), vtop = Splat8(top_f);
+  V4d totals[power + 2];
+  for (V4d& v : totals) v = Splat(0.0);
+  V8i count[2] = {V8i{}, V8i{}};
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const V4d a = Load4(x + j), b = Load4(x + j + 4);
-    const V4l in_a = AddGroup<power, shared_q>(a, q + j, vedge, moments[0], count[0]);
-    const V4l in_b = AddGroup<power, shared_q>(b, q + j + 4, vedge, moments[1], count[1]);
-    if constexpr (windowed) {
-      window->group[std::min(groups, kWindow)] = j;
-      groups += Any((in_a & (a <= vtop)) | (in_b & (b <= vtop))) ? 1 : 0;
+  while (j + 16 <= n) {
+    // Two sets of sums, one per vector of a pair: each sum waits on one addition per pair.
+    V8f moments[2][power + 2];
+    for (auto& set : moments) {
+      for (V8f& v : set) v = Splat8(0.0f);
+    }
+    const int64_t stop = std::min(n - n % 16, j + kFlush);
+    for (; j < stop; j += 16) {
+      const V8f a = Load8(x + j), b = Load8(x + j + 8);
+      const V8i in_a = AddGroup<power, shared_q>(a, q + j, vedge, vrest, moments[0], count[0]);
+      const V8i in_b = AddGroup<power, shared_q>(b, q + j + 8, vedge, vrest, moments[1], count[1]);
+      if constexpr (windowed) {
+        window->marks[j / 16] = Bits8((in_a & (a <= vtop)) | (in_b & (b <= vtop))) != 0;
+      }
+    }
+    for (int i = 0; i < power + 2; ++i) {
+      const V8f sum = moments[0][i] + moments[1][i];
+      totals[i] += ToDouble(V4f{sum[0], sum[1], sum[2], sum[3]}) +
+                   ToDouble(V4f{sum[4], sum[5], sum[6], sum[7]});
     }
   }
   Sums<power> out;
-  for (int set = 0; set < 2; ++set) {
-    for (int lane = 0; lane < 4; ++lane) {
-      for (int i = 0; i < power + 2; ++i) out.m[i] += moments[set][i][lane];
-      out.count += count[set][lane];
-    }
+  for (int lane = 0; lane < 8; ++lane) out.count += count[0][lane] + count[1][lane];
+  for (int i = 0; i < power + 2; ++i) {
+    for (int lane = 0; lane < 4; ++lane) out.m[i] += totals[i][lane];
   }
   if constexpr (windowed) {
-    window->count = groups > kWindow ? kWindow + 1 : 0;  // too many classes: unusable
-    for (int g = 0; g < groups && g < kWindow; ++g) {
-      for (int64_t i = window->group[g]; i < window->group[g] + 8; ++i) {
-        const double v = x[i];
-        if (v > edge && v <= top) window->Add(v - edge, shared_q ? 1.0 : static_cast<double>(q[i]));
+    window->count = 0;
+    for (int64_t g = 0; g < j / 16 && window->count <= kWindow; ++g) {
+      if (!window->marks[g]) continue;
+      for (int64_t start = 16 * g; start < 16 * g + 16; start += 8) {
+        const V8f v = Load8(x + start), r = (v - vedge) - vrest;
+        for (unsigned bits = Bits8((r > Splat8(0.0f)) & (v <= vtop)); bits; bits &= bits - 1) {
+          const int lane = __builtin_ctz(bits);
+          if (static_cast<double>(v[lane]) <= top) {
+            window->Add(r[lane], shared_q ? 1.0 : static_cast<double>(q[start + lane]));
+          }
+        }
       }
     }
   }
   for (; j < n; ++j) {
-    const double v = x[j], r = v - edge;
-    if (r > 0.0) {
+    const float r_f = Excess(x[j], edge_f, edge_rest);
+    if (r_f > 0.0f) {
+      const double r = r_f;
       double w = shared_q ? 1.0 : static_cast<double>(q[j]);
-      if (windowed && v <= top) window->Add(r, w);
+      if (windowed && static_cast<double>(x[j]) <= top) window->Add(r, w);
       for (int i = 0; i < power + 2; ++i) {
         out.m[i] += w;
         w *= r;
@@ -211,37 +197,48 @@ double ShiftedTopMoment(const double* m, double u) {
 }
 
 // The root t + u from the moments m above t (power 2, shared weights scaled by coef) and the
-// classes of the window (t, top]: the support at t + u is the classes above t less the window's
-// classes at or below u, and S is a quadratic on each such support. Takes the window's classes
-// out in increasing order until the quadratic's smaller root lies in its own interval. On
-// success, returns true with u and the moments of the root's support (for the value).
-bool WindowRoot(double t, double coef, Window& window, double* m, double* u) {
+// classes of the window (t, top], top at least the root: the classes above the window are in
+// the root's support, and S(u) = coef Σ q (r − u)_+² is convex and decreasing, with S(0) ≥ 1.
+// Newton from u = 0 (over the window's list) increases monotonically to the root; at each
+// iterate the quadratic of its support has its smaller root v at or above the root, and v is
+// the root once no class of the window lies in (u, v]. On success, returns true with u and the
+// moments of the root's support (for the value); false if the window holds too many classes.
+bool WindowRoot(double t, double coef, const Window& window, double* m, double* u_out) {
   if (window.count > kWindow || !(window.top > t)) return false;
   const int count = window.count;
-  for (int i = 1; i < count; ++i) {  // insertion sort by r: a few classes
-    for (int j = i; j > 0 && window.d[j] < window.d[j - 1]; --j) {
-      std::swap(window.d[j], window.d[j - 1]);
-      std::swap(window.q[j], window.q[j - 1]);
-    }
-  }
-  double lower = 0.0;
-  for (int i = 0; i <= count; ++i) {
-    const double upper = i < count ? window.d[i] : window.top - t;
-    const double c = m[2] - 1.0 / coef, disc = m[1] * m[1] - m[0] * c;
-    if (m[0] > 0.0 && c >= 0.0 && disc >= 0.0) {
-      const double root = c / (m[1] + std::sqrt(disc));
-      if (root >= lower && root < upper) {
-        *u = root;
-        return true;
-      }
-    }
-    if (i == count) break;
+  double above[4] = {m[0], m[1], m[2], m[3]};  // the classes above the window
+  for (int i = 0; i < count; ++i) {
     const double d = window.d[i], q = window.q[i];
-    m[0] -= q;
-    m[1] -= q * d;
-    m[2] -= q * d * d;
-    m[3] -= q * d * d * d;
-    lower = d;
+    above[0] -= q;
+    above[1] -= q * d;
+    above[2] -= q * d * d;
+    above[3] -= q * d * d * d;
+  }
+  double u = 0.0;
+  for (int it = 0; it < kMaxIterations; ++it) {
+    double s[4] = {above[0], above[1], above[2], above[3]};  // the support at u
+    for (int i = 0; i < count; ++i) {  // branch-free: the classes above u are scattered
+      const double d = window.d[i], q = window.d[i] > u ? window.q[i] : 0.0;
+      s[0] += q;
+      s[1] += q * d;
+      s[2] += q * d * d;
+      s[3] += q * d * d * d;
+    }
+    const double c = s[2] - 1.0 / coef, disc = s[1] * s[1] - s[0] * c;
+    if (!(s[0] > 0.0 && c >= 0.0 && disc >= 0.0)) return false;
+    const double v = c / (s[1] + std::sqrt(disc));
+    int between = 0;
+    for (int i = 0; i < count; ++i) between += (window.d[i] > u) & (window.d[i] <= v);
+    if (between == 0) {
+      for (int i = 0; i < 4; ++i) m[i] = s[i];
+      *u_out = v;
+      return true;
+    }
+    // Newton on G = S^(1/2) − 1 from u, as SparseRoot's passes.
+    const double mass = coef * (s[2] - 2.0 * u * s[1] + u * u * s[0]);
+    const double next = u + (mass - std::sqrt(mass)) / (coef * (s[1] - u * s[0]));
+    if (!(next > u && next < v)) return false;
+    u = next;
   }
   return false;
 }
@@ -297,13 +294,9 @@ inline void MaxAndSum(const float* x, int64_t k, double* max, double* sum) {
 }
 
 struct Problem {
+  RowLayout layout;
   const float* theta;
   const float* q;
-  int64_t rows, classes;
-  // The logits' leading dimensions and q's strides over them and over the classes, in
-  // elements: 0 where q is broadcast (q has the logits' rank, each dimension theirs or 1).
-  std::vector<int64_t> lead, q_lead_stride;
-  int64_t q_class_stride;
   double coef;
   int64_t power;
   float* shift;
@@ -313,20 +306,11 @@ struct Problem {
   float* excess;
 };
 
-// The offset of a row's reference measure in q (row-major multi-index over the leading axes).
-int64_t QRowOffset(const Problem& p, int64_t row) {
-  int64_t offset = 0;
-  for (int64_t d = static_cast<int64_t>(p.lead.size()) - 1; d >= 0; --d) {
-    offset += (row % p.lead[d]) * p.q_lead_stride[d];
-    row /= p.lead[d];
-  }
-  return offset;
-}
-
 // The per-thread buffers of the classes still above the lower bound (and their q when q
-// varies by class).
+// varies by class), and of the window's marks.
 struct Scratch {
   std::vector<float> x, q;
+  std::vector<uint8_t> marks;  // Window::marks
 };
 
 // The search of the sparse power laws (power > 0) from the bracket [lo, hi] in the frame of
@@ -344,6 +328,10 @@ void SparseRoot(const float* x, const float* q, int64_t k, double m, double coef
   const double inv_power = 1.0 / power;
   Sums<power> last;
   Window window;
+  if constexpr (power == 2) {
+    scratch.marks.resize(k / 16 + 1);
+    window.marks = scratch.marks.data();
+  }
   for (int it = 0; it < kMaxIterations; ++it) {
     const bool between = power == 2 && window.top > t;
     const Sums<power> s = between
@@ -374,7 +362,8 @@ void SparseRoot(const float* x, const float* q, int64_t k, double m, double coef
     // (S − S^(1 − 1/power)) / (coef · m[power − 1]).
     const double step = (mass - std::pow(mass, 1.0 - inv_power)) / (coef * s.m[power - 1]);
     double next = t + step;
-    const bool converged = std::abs(step) <= kStepTolerance * std::abs(t);
+    const bool converged = std::abs(step) <= std::max(kStepTolerance * std::abs(t),
+                                                      kFloatResolution * (std::abs(m) + std::abs(t)));
     if (!(std::isfinite(next) && next > lo && next < hi) && !converged) next = 0.5 * (lo + hi);
     t = next;
     if (converged) break;
@@ -484,9 +473,9 @@ void PoleRoot(const float* x, const float* q, int64_t k, double m, double coef, 
 
 template <int power, bool shared_q>
 RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
-  const int64_t k = p.classes;
+  const int64_t k = p.layout.classes;
   const float* x = p.theta + row * k;
-  const float* qrow = p.q + QRowOffset(p, row);
+  const float* qrow = p.q + p.layout.QRowOffset(row);
   // Shared q multiplies the sums once, at the end.
   const double q_shared = qrow[0];
   const double q_scale = shared_q ? q_shared : 1.0;
@@ -587,70 +576,22 @@ void SolveRange(const Problem& p, int64_t begin, int64_t end) {
   }
 }
 
-// Rows are handed out in small batches from a shared counter, to the calling thread and to
-// tasks on XLA's intra-op pool. The caller waits only for tasks that have started: a task still
-// queued behind a busy pool finds no rows left and returns, so nothing waits on it.
-struct Work {
-  Problem problem;
-  std::atomic<int64_t> next{0};
-  std::mutex mutex;
-  std::condition_variable done;
-  int64_t active = 0;
-  static constexpr int64_t kBatch = 8;
-
-  void Run() {
-    const bool shared_q = problem.q_class_stride == 0;
-    for (;;) {
-      const int64_t begin = next.fetch_add(kBatch);
-      if (begin >= problem.rows) return;
-      const int64_t end = std::min(begin + kBatch, problem.rows);
-      if (shared_q) {
-        SolveRange<true>(problem, begin, end);
-      } else {
-        SolveRange<false>(problem, begin, end);
-      }
-    }
-  }
-};
-
 ffi::Error PowerRootImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> theta,
                          ffi::Buffer<ffi::F32> q, ffi::ResultBuffer<ffi::F32> shift,
                          ffi::ResultBuffer<ffi::F32> t, ffi::ResultBuffer<ffi::F32> q_sum,
                          ffi::ResultBuffer<ffi::PRED> empty, ffi::ResultBuffer<ffi::F32> excess,
                          double coef, int64_t power) {
-  const auto theta_dims = theta.dimensions();
-  const auto q_dims = q.dimensions();
-  const size_t rank = theta_dims.size();
-  if (rank == 0 || q_dims.size() != rank) {
-    return ffi::Error::InvalidArgument("fdiv_power_root: q must have the logits' rank (>= 1)");
-  }
   if (power == 0 || power < -4 || power > 4) {
     return ffi::Error::InvalidArgument("fdiv_power_root: power must lie in [-4, 4], not 0");
   }
-  auto work = std::make_shared<Work>();
-  Problem& p = work->problem;
+  Problem p;
+  if (ffi::Error error =
+          MakeRowLayout(theta.dimensions(), q.dimensions(), "fdiv_power_root", &p.layout);
+      error.failure()) {
+    return error;
+  }
   p.theta = theta.typed_data();
   p.q = q.typed_data();
-  p.classes = theta_dims[rank - 1];
-  p.rows = 1;
-  int64_t stride = 1;
-  p.q_class_stride = 0;
-  p.lead.assign(rank - 1, 1);
-  p.q_lead_stride.assign(rank - 1, 0);
-  for (size_t d = rank; d-- > 0;) {
-    if (q_dims[d] != 1 && q_dims[d] != theta_dims[d]) {
-      return ffi::Error::InvalidArgument("fdiv_power_root: q must broadcast to the logits");
-    }
-    const int64_t q_stride = q_dims[d] == 1 ? 0 : stride;
-    stride *= q_dims[d];
-    if (d == rank - 1) {
-      p.q_class_stride = q_stride;
-    } else {
-      p.lead[d] = theta_dims[d];
-      p.q_lead_stride[d] = q_stride;
-      p.rows *= theta_dims[d];
-    }
-  }
   p.coef = coef;
   p.power = power;
   p.shift = shift->typed_data();
@@ -658,40 +599,25 @@ ffi::Error PowerRootImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> theta,
   p.q_sum = q_sum->typed_data();
   p.empty = empty->typed_data();
   p.excess = excess->typed_data();
-  const int64_t rows = p.rows;
-  if (rows == 0) return ffi::Error::Success();
-
-  const int64_t helpers =
-      std::min<int64_t>(pool.num_threads(), (rows + Work::kBatch - 1) / Work::kBatch - 1);
-  for (int64_t i = 0; i < helpers; ++i) {
-    pool.Schedule([work] {
-      {
-        std::lock_guard<std::mutex> lock(work->mutex);
-        if (work->next.load() >= work->problem.rows) return;
-        ++work->active;
-      }
-      work->Run();
-      std::lock_guard<std::mutex> lock(work->mutex);
-      if (--work->active == 0) work->done.notify_all();
-    });
-  }
-  work->Run();
-  std::unique_lock<std::mutex> lock(work->mutex);
-  work->done.wait(lock, [&] { return work->active == 0; });
+  const bool shared_q = p.layout.q_class_stride == 0;
+  ParallelRows(pool, p.layout.rows, [&p, shared_q](int64_t begin, int64_t end) {
+    shared_q ? SolveRange<true>(p, begin, end) : SolveRange<false>(p, begin, end);
+  });
   return ffi::Error::Success();
 }
 
 }  // namespace
+}  // namespace fdiv_cpu
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FdivPowerRoot, PowerRootImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::PRED>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FdivPowerRoot, fdiv_cpu::PowerRootImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
+                                  .Ret<xla::ffi::Buffer<xla::ffi::PRED>>()
+                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
                                   .Attr<double>("coef")
                                   .Attr<int64_t>("power"));

@@ -205,8 +205,8 @@ def test_ties_at_the_support_end_match_unfused(divergence, rng):
     small offsets ``r``, hidden rows ``[c, 0|1, 0|1]``. The first column of the hidden
     gradient is ``g (Σp − 1)`` (the weight row of ones), so its tolerance 1e-5 is the unfused
     tests' ``|Σp − 1| ≤ 1e-5``; a fused head solving for τ itself was 5e-5 off there. Against the
-    unfused path with the head's own solver (JAX Newton: ``_head_solver``): with unit q over 1000
-    classes the float32 values of the two solvers differ by 6e-5 (README, Status)."""
+    unfused path with the head's own solver (JAX Newton: no CPU kernel in the head): with unit q
+    over 1000 classes the float32 values of the two solvers differ by 6e-5 (README, Status)."""
     v = 1000
     weight = np.stack(
         [

@@ -1,0 +1,184 @@
+// What the CPU kernels (power_root.cc, log_sum_exp.cc) share: vectors of floats and doubles,
+// the layout of the logits' rows and of the reference measure q against them, and the rows
+// shared out to XLA's intra-op threads.
+
+#ifndef FDIV_CPU_ROWS_H_
+#define FDIV_CPU_ROWS_H_
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
+
+namespace fdiv_cpu {
+
+namespace ffi = xla::ffi;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// GCC's vector extensions, so that the passes are vectorised the same way by every compiler
+// version, reductions included: four doubles (and their comparison masks), four and eight
+// floats.
+typedef double V4d __attribute__((vector_size(32)));
+typedef int64_t V4l __attribute__((vector_size(32)));
+typedef float V4f __attribute__((vector_size(16)));
+typedef float V8f __attribute__((vector_size(32)));
+typedef int32_t V8i __attribute__((vector_size(32)));
+
+inline V4f LoadFloats(const float* p) {
+  V4f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline V8f Load8(const float* p) {
+  V8f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline V4d ToDouble(V4f v) {
+#ifdef __AVX__
+  return reinterpret_cast<V4d>(_mm256_cvtps_pd(reinterpret_cast<__m128>(v)));  // one instruction
+#else
+  return __builtin_convertvector(v, V4d);  // GCC 12 converts in two halves
+#endif
+}
+
+inline V4d Load4(const float* p) { return ToDouble(LoadFloats(p)); }
+
+// Whether any lane of a comparison is true (one instruction with AVX).
+inline bool Any(V4l mask) {
+#ifdef __AVX__
+  return _mm256_movemask_pd(reinterpret_cast<__m256d>(mask)) != 0;
+#else
+  return (mask[0] | mask[1] | mask[2] | mask[3]) != 0;
+#endif
+}
+
+// The lanes of a comparison of floats that are true, as the bits of an integer (one
+// instruction with AVX).
+inline unsigned Bits8(V8i mask) {
+#ifdef __AVX__
+  return static_cast<unsigned>(_mm256_movemask_ps(reinterpret_cast<__m256>(mask)));
+#else
+  unsigned bits = 0;
+  for (int lane = 0; lane < 8; ++lane) bits |= (mask[lane] != 0 ? 1u : 0u) << lane;
+  return bits;
+#endif
+}
+
+inline V4d Splat(double x) { return V4d{x, x, x, x}; }
+inline V8f Splat8(float x) { return V8f{x, x, x, x, x, x, x, x}; }
+
+// The rows of float32 logits [..., classes] and the strides of q (the logits' rank, each
+// dimension theirs or 1) over their leading dimensions and over the classes, in elements: 0
+// where q is broadcast.
+struct RowLayout {
+  int64_t rows = 1, classes = 0;
+  std::vector<int64_t> lead, q_lead_stride;
+  int64_t q_class_stride = 0;
+
+  // The offset of a row's reference measure in q (row-major multi-index over the leading axes).
+  int64_t QRowOffset(int64_t row) const {
+    int64_t offset = 0;
+    for (int64_t d = static_cast<int64_t>(lead.size()) - 1; d >= 0; --d) {
+      offset += (row % lead[d]) * q_lead_stride[d];
+      row /= lead[d];
+    }
+    return offset;
+  }
+};
+
+// The layout of logits and q of these dimensions; an error names the kernel `name`.
+inline ffi::Error MakeRowLayout(ffi::Span<const int64_t> theta_dims,
+                                ffi::Span<const int64_t> q_dims, const char* name,
+                                RowLayout* layout) {
+  const size_t rank = theta_dims.size();
+  if (rank == 0 || q_dims.size() != rank) {
+    return ffi::Error::InvalidArgument(std::string(name) +
+                                       ": q must have the logits' rank (>= 1)");
+  }
+  layout->classes = theta_dims[rank - 1];
+  layout->rows = 1;
+  layout->lead.assign(rank - 1, 1);
+  layout->q_lead_stride.assign(rank - 1, 0);
+  int64_t stride = 1;
+  for (size_t d = rank; d-- > 0;) {
+    if (q_dims[d] != 1 && q_dims[d] != theta_dims[d]) {
+      return ffi::Error::InvalidArgument(std::string(name) + ": q must broadcast to the logits");
+    }
+    const int64_t q_stride = q_dims[d] == 1 ? 0 : stride;
+    stride *= q_dims[d];
+    if (d == rank - 1) {
+      layout->q_class_stride = q_stride;
+    } else {
+      layout->lead[d] = theta_dims[d];
+      layout->q_lead_stride[d] = q_stride;
+      layout->rows *= theta_dims[d];
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// Calls solve(begin, end) over [0, rows) in small batches from a shared counter, on the calling
+// thread and on tasks of XLA's intra-op pool. The caller waits only for tasks that have started:
+// a task still queued behind a busy pool finds no rows left and returns without calling solve,
+// so nothing waits on it (and solve may refer to the caller's frame).
+inline void ParallelRows(ffi::ThreadPool pool, int64_t rows,
+                         std::function<void(int64_t, int64_t)> solve) {
+  constexpr int64_t kBatch = 8;
+  struct Work {
+    std::function<void(int64_t, int64_t)> solve;
+    int64_t rows;
+    std::atomic<int64_t> next{0};
+    std::mutex mutex;
+    std::condition_variable done;
+    int64_t active = 0;
+
+    void Run() {
+      for (;;) {
+        const int64_t begin = next.fetch_add(kBatch);
+        if (begin >= rows) return;
+        solve(begin, std::min(begin + kBatch, rows));
+      }
+    }
+  };
+  if (rows <= 0) return;
+  auto work = std::make_shared<Work>();
+  work->solve = std::move(solve);
+  work->rows = rows;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), (rows + kBatch - 1) / kBatch - 1);
+  for (int64_t i = 0; i < helpers; ++i) {
+    pool.Schedule([work] {
+      {
+        std::lock_guard<std::mutex> lock(work->mutex);
+        if (work->next.load() >= work->rows) return;
+        ++work->active;
+      }
+      work->Run();
+      std::lock_guard<std::mutex> lock(work->mutex);
+      if (--work->active == 0) work->done.notify_all();
+    });
+  }
+  work->Run();
+  std::unique_lock<std::mutex> lock(work->mutex);
+  work->done.wait(lock, [&] { return work->active == 0; });
+}
+
+}  // namespace fdiv_cpu
+
+#endif  // FDIV_CPU_ROWS_H_

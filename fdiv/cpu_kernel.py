@@ -1,5 +1,4 @@
-"""The CPU kernels of the root search: power-law generators (``power_root.cc``) and KL's
-log-sum-exp (``log_sum_exp.cc``).
+"""The CPU kernel of the root search for power-law generators (``power_root.cc``).
 
 Some generators give each class the mass ``q_j · coef · |θ_j − τ − a|^power`` with an integer
 power (``Generator.power_law``): on the support for ``alpha:2``, ``alpha:1.5``,
@@ -10,18 +9,16 @@ cache while it searches it, with sums in double precision (float within blocks o
 for the sparse laws), dropping the classes that cannot be in the support as it goes: XLA:CPU
 spends about a cycle per element on each pass of the JAX solvers, which made these losses
 2.5–3.4× the time of cross-entropy at V = 32k (README, "Performance"). The kernel also
-returns the sum in the f-softmax's value (not for reverse KL, whose conjugate is a log). KL's
-root ``log Σ_j q_j exp(θ_j)`` takes one pass over each row (XLA's takes two over the batch).
+returns the sum in the f-softmax's value (not for reverse KL, whose conjugate is a log).
 Everything else (the probabilities, every derivative) stays in JAX, and so does the root on
 GPU and TPU, where the JAX solvers run as the default branch of
 ``jax.lax.platform_dependent``.
 
-The kernels are compiled on first use with the C++ compiler (``$CXX``, else ``c++``) for this
-machine (``-march=native``) into one library cached under ``$FDIV_CACHE_DIR`` (default
-``~/.cache/fdiv``), keyed on the sources, the flags, jaxlib's version and the CPU's flags
-(``scripts/setup.sh`` builds it ahead). Without a compiler, or with ``FDIV_CPU_KERNEL=0``,
-``"auto"`` uses the JAX solvers everywhere (KL's closed form, Newton for the power laws), with
-one warning.
+The kernel is compiled on first use with the C++ compiler (``$CXX``, else ``c++``) for this
+machine (``-march=native``) and cached under ``$FDIV_CACHE_DIR`` (default ``~/.cache/fdiv``),
+keyed on its sources (``power_root.cc``, ``cpu_rows.h``), the flags, jaxlib's version and the
+CPU's flags (``scripts/setup.sh`` builds it ahead). Without a compiler, or with
+``FDIV_CPU_KERNEL=0``, ``"auto"`` uses the JAX Newton solver everywhere, with one warning.
 """
 
 from __future__ import annotations
@@ -43,11 +40,9 @@ import jaxlib
 
 Array = jax.Array
 
-_HERE = Path(__file__).parent
-_SOURCES = (_HERE / "power_root.cc", _HERE / "log_sum_exp.cc")
-_HEADERS = (_HERE / "cpu_rows.h",)
-# XLA's custom-call targets and the library's handler symbols.
-_TARGETS = {"fdiv_power_root": "FdivPowerRoot", "fdiv_log_sum_exp": "FdivLogSumExp"}
+_SOURCE = Path(__file__).with_name("power_root.cc")
+_HEADER = Path(__file__).with_name("cpu_rows.h")
+_TARGET = "fdiv_power_root"
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared")
 
 
@@ -65,13 +60,13 @@ def _cpu_flags() -> str:
 
 def _library_path() -> Path:
     key = hashlib.sha256()
-    for source in (*_SOURCES, *_HEADERS):
+    for source in (_SOURCE, _HEADER):
         key.update(source.read_bytes())
     for part in (" ".join(_FLAGS), jaxlib.__version__):
         key.update(part.encode())
     key.update(_cpu_flags().encode())
     cache = Path(os.environ.get("FDIV_CACHE_DIR", Path.home() / ".cache" / "fdiv"))
-    return cache / f"fdiv_cpu-{key.hexdigest()[:16]}.so"
+    return cache / f"power_root-{key.hexdigest()[:16]}.so"
 
 
 def build() -> Path:
@@ -94,7 +89,7 @@ def build() -> Path:
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".so", delete=False) as tmp:
         partial = Path(tmp.name)
     try:
-        command = [compiler, *_FLAGS, "-isystem", include, *map(str, _SOURCES), "-o", str(partial)]
+        command = [compiler, *_FLAGS, "-isystem", include, str(_SOURCE), "-o", str(partial)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
@@ -118,14 +113,12 @@ def available() -> bool:
     if _registered is None:
         try:
             path = build()
-            library = ctypes.CDLL(str(path))
-            for target, symbol in _TARGETS.items():
-                handler = jax.ffi.pycapsule(getattr(library, symbol))
-                jax.ffi.register_ffi_target(target, handler, platform="cpu")
+            handler = jax.ffi.pycapsule(ctypes.CDLL(str(path)).FdivPowerRoot)
+            jax.ffi.register_ffi_target(_TARGET, handler, platform="cpu")
         except (OSError, RuntimeError) as error:
             warnings.warn(
                 f"fdiv: the CPU root kernel is unavailable ({error}); solver='auto' uses the JAX "
-                "solvers on CPU (KL's closed form, Newton for the power-law generators)",
+                "Newton solver for the power-law generators on CPU",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -150,21 +143,5 @@ def power_root(
     """
     rows = jax.ShapeDtypeStruct(theta.shape[:-1], jnp.float32)
     flags = jax.ShapeDtypeStruct(theta.shape[:-1], jnp.bool_)
-    call = jax.ffi.ffi_call(
-        "fdiv_power_root", (rows, rows, rows, flags, rows), vmap_method="broadcast_all"
-    )
+    call = jax.ffi.ffi_call(_TARGET, (rows, rows, rows, flags, rows), vmap_method="broadcast_all")
     return call(theta, q, coef=float(coef), power=int(power))
-
-
-def log_sum_exp(theta: Array, q: Array) -> tuple[Array, Array, Array, Array]:
-    """``(shift, t, q_sum, empty)`` per row of float32 logits ``theta [..., k]``: KL's root
-    ``τ = shift + t`` with ``shift`` the row max and ``t = log Σ_j q_j exp(θ_j − shift)``
-    (``log_sum_exp.cc``); ``q`` as in :func:`power_root`. A NaN row (a NaN or +inf logit) has
-    NaN ``shift`` and ``t``, an empty one ``shift = t = 0``. CPU only (see :func:`available`).
-    """
-    rows = jax.ShapeDtypeStruct(theta.shape[:-1], jnp.float32)
-    flags = jax.ShapeDtypeStruct(theta.shape[:-1], jnp.bool_)
-    call = jax.ffi.ffi_call(
-        "fdiv_log_sum_exp", (rows, rows, rows, flags), vmap_method="broadcast_all"
-    )
-    return call(theta, q)

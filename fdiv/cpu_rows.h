@@ -1,6 +1,6 @@
-// What the CPU kernels (power_root.cc, log_sum_exp.cc) share: vectors of floats and doubles,
-// the layout of the logits' rows and of the reference measure q against them, and the rows
-// shared out to XLA's intra-op threads.
+// The row machinery of the CPU kernel (power_root.cc): vectors of floats and doubles, the
+// layout of the logits' rows and of the reference measure q against them, and the rows shared
+// out to XLA's intra-op threads.
 
 #ifndef FDIV_CPU_ROWS_H_
 #define FDIV_CPU_ROWS_H_

@@ -141,8 +141,8 @@ def _chunk_loss(
     As in the unfused loss, everything is computed relative to ``m``: ``⟨θ, y⟩ = ⟨θ − m, y⟩ +
     m Σy`` and ``m`` cancels against the f-softmax's when ``Σy = 1``. The value comes from the
     unfused loss's own blocked computation (:func:`fdiv.operators._value_parts`), so nothing
-    of the chunk's size is written but its logits and their gradient. Without the CPU kernels:
-    the head's time is its matmuls' (the power-law kernel saved nothing there, measured), and a
+    of the chunk's size is written but its logits and their gradient. Without the CPU kernel:
+    the head's time is its matmuls' (the kernel saved nothing there, measured), and the
     kernel's operand keeps a chunk's logits alive beside their gradient, which XLA otherwise
     writes in place (1.5× the head's temporaries at chunks of 256).
     """
@@ -368,7 +368,7 @@ def fused_linear_fdiv_loss(
       reduction: ``"none"`` (per-token losses ``[N]``), ``"sum"``, or ``"mean"`` (the sum
         divided by the number of unmasked tokens, at least 1).
       solver, num_iters: see :func:`fdiv.f_softargmax`; here ``"auto"`` never takes the CPU
-        kernels (see ``_chunk_loss``).
+        kernel of the power-law generators (see ``_chunk_loss``).
 
     Returns:
       Per-token losses ``[N]`` or their sum/mean; float32 for half-precision inputs.

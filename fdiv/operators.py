@@ -132,11 +132,11 @@ def _value_parts(
     anchored root ``t`` in that frame, differentiable through the root's implicit derivative.
 
     One block of rows at a time on CPU (``root_finding.map_rows``): the row max, the solver's
-    passes and the value's pass all read the block from cache. With a CPU kernel
-    (``root_finding.uses_kernel``; ``kernel=False`` keeps the JAX solvers) the value comes with
-    the root (KL's needs no sum; the power laws' sum is the kernel's last pass), and gets its
-    derivative from the envelope rule (:func:`_enveloped`); for reverse KL the kernel gives the
-    root alone, and the value's pass runs in XLA over the blocks.
+    passes and the value's pass all read the block from cache. With the CPU kernel
+    (``root_finding.uses_kernel``; ``kernel=False`` keeps the JAX solvers) the value's sum comes
+    from the kernel's last pass, and the value gets its derivative from the envelope rule
+    (:func:`_enveloped`); for reverse KL the kernel gives the root alone, and the value's pass
+    runs in XLA over the blocks.
     """
 
     def rows(theta: Array, q: Array) -> tuple[Array, Array, Array]:  # the JAX solvers
@@ -187,21 +187,18 @@ def _softmax_parts(theta, q, gen, solver, num_iters) -> tuple[Array, Array]:
     whole derivative of ``softmax_f``, so only the sum (or the first part minus logits shifted
     by ``m``) is meaningful to differentiate.
     """
-    kernel = rf.uses_kernel(gen, solver, num_iters, theta.dtype)
-    if rf.streams(gen, solver, theta.shape[-1]) and not kernel:
+    if rf.streams(gen, solver, theta.shape[-1]):
         return _kl_parts(theta, q)
     return _implicit_softmax_parts(theta, q, gen, solver, num_iters)
 
 
 def _kl_parts(theta: Array, q: Array) -> tuple[Array, Array]:
     """KL's parts as the log-sum-exp ``log Σ_j q_j exp(θ_j − m) + 1 − Q``, differentiated by
-    plain autodiff (exact to all orders, like the implicit rule it replaces), where the CPU
-    kernel does not serve (GPU, TPU, float64).
+    plain autodiff (exact to all orders, like the implicit rule it replaces).
 
     Autodiff keeps ``exp(θ − m)`` from the forward pass and scales it in place for the gradient,
     as optax's cross-entropy does; the implicit rule would compute the exponentials twice (5–10 %
-    of the loss's time at V = 32k on CPU in XLA; the kernel's one pass over each row in its
-    forward is cheaper than XLA's two, README "Performance").
+    of the loss's time at V = 32k on CPU).
     """
     stats = rf.row_stats(theta, q)
     shift = jax.lax.stop_gradient(stats.shift)  # the frame is a constant, as in the solvers

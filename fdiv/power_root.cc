@@ -110,9 +110,16 @@ inline V8i AddGroup(V8f v, const float* q, V8f edge, V8f edge_rest, V8f* moments
 // The float r of a class, as AddGroup takes it.
 inline float Excess(float x, float edge, float edge_rest) { return (x - edge) - edge_rest; }
 
-template <int power, bool shared_q, bool windowed>
+// The row's max and the sum of its logits (NaN when it holds a NaN, or +inf and −inf).
+struct RowScan {
+  double max = -kInf, sum = 0.0;
+};
+
+// With `scan`, the pass also takes the row's max and sum (for the first pass, from memory, which
+// leaves time for the moments).
+template <int power, bool shared_q, bool windowed, bool scan = false>
 Sums<power> Accumulate(const float* x, const float* q, int64_t n, double offset, double t,
-                       Window* window) {
+                       Window* window, RowScan* row = nullptr) {
   const double edge = offset + t;  // r = x − edge
   const float edge_f = static_cast<float>(edge);
   const float edge_rest = static_cast<float>(edge - static_cast<double>(edge_f));
@@ -125,6 +132,9 @@ Sums<power> Accumulate(const float* x, const float* q, int64_t n, double offset,
   V4d totals[power + 2];
   for (V4d& v : totals) v = Splat(0.0);
   V8i count[2] = {V8i{}, V8i{}};
+  V8f max[2] = {Splat8(-std::numeric_limits<float>::infinity()),
+                Splat8(-std::numeric_limits<float>::infinity())};
+  V4d sum[2] = {Splat(0.0), Splat(0.0)};
   int64_t j = 0;
   while (j + 16 <= n) {
     // Two sets of sums, one per vector of a pair: each sum waits on one addition per pair.
@@ -140,6 +150,12 @@ Sums<power> Accumulate(const float* x, const float* q, int64_t n, double offset,
       if constexpr (windowed) {
         window->marks[j / 16] = Bits8((in_a & (a <= vtop)) | (in_b & (b <= vtop))) != 0;
       }
+      if constexpr (scan) {  // NaN never compares greater: the sum reports it
+        max[0] = a > max[0] ? a : max[0];
+        max[1] = b > max[1] ? b : max[1];
+        sum[0] += ToDouble(V4f{a[0], a[1], a[2], a[3]}) + ToDouble(V4f{a[4], a[5], a[6], a[7]});
+        sum[1] += ToDouble(V4f{b[0], b[1], b[2], b[3]}) + ToDouble(V4f{b[4], b[5], b[6], b[7]});
+      }
     }
     for (int i = 0; i < power + 2; ++i) {
       const V8f sum = moments[0][i] + moments[1][i];
@@ -149,6 +165,13 @@ Sums<power> Accumulate(const float* x, const float* q, int64_t n, double offset,
   }
   Sums<power> out;
   for (int lane = 0; lane < 8; ++lane) out.count += count[0][lane] + count[1][lane];
+  if constexpr (scan) {
+    for (int lane = 0; lane < 8; ++lane) {
+      row->max = std::max({row->max, static_cast<double>(max[0][lane]),
+                           static_cast<double>(max[1][lane])});
+    }
+    for (int lane = 0; lane < 4; ++lane) row->sum += sum[0][lane] + sum[1][lane];
+  }
   for (int i = 0; i < power + 2; ++i) {
     for (int lane = 0; lane < 4; ++lane) out.m[i] += totals[i][lane];
   }
@@ -168,6 +191,10 @@ Sums<power> Accumulate(const float* x, const float* q, int64_t n, double offset,
     }
   }
   for (; j < n; ++j) {
+    if constexpr (scan) {
+      if (x[j] > row->max) row->max = x[j];
+      row->sum += x[j];
+    }
     const float r_f = Excess(x[j], edge_f, edge_rest);
     if (r_f > 0.0f) {
       const double r = r_f;
@@ -311,13 +338,19 @@ struct Problem {
 struct Scratch {
   std::vector<float> x, q;
   std::vector<uint8_t> marks;  // Window::marks
+  // The root of the thread's last row (shared q, a sparse law) in the logits' frame, and how
+  // much it moved from row to row (a running mean): the next row's first pass takes the sums
+  // at a guess below it.
+  double last_edge = kNaN, drift = 0.0;
 };
 
 // The search of the sparse power laws (power > 0) from the bracket [lo, hi] in the frame of
-// the row max m; coef includes a q shared by the classes. Sets the root and the value's sum.
+// the row max m (with the sums at lo if the first pass took them); coef includes a q shared by
+// the classes. Sets the root and the value's sum.
 template <int power, bool shared_q>
 void SparseRoot(const float* x, const float* q, int64_t k, double m, double coef, double lo,
-                double hi, Scratch& scratch, double* root, double* excess) {
+                double hi, const Sums<power>* at_lo, Scratch& scratch, double* root,
+                double* excess) {
   // The passes read the row until the classes above the lower bound are fewer than half of
   // it (unit q: a few percent after one pass; uniform q: never); those are then copied to a
   // buffer, which shrinks the same way.
@@ -334,9 +367,9 @@ void SparseRoot(const float* x, const float* q, int64_t k, double m, double coef
   }
   for (int it = 0; it < kMaxIterations; ++it) {
     const bool between = power == 2 && window.top > t;
-    const Sums<power> s = between
-                              ? Accumulate<power, shared_q, true>(xs, qs, n, m, t, &window)
-                              : Accumulate<power, shared_q, false>(xs, qs, n, m, t, nullptr);
+    const Sums<power> s = it == 0 && at_lo != nullptr ? *at_lo  // taken by the first pass
+                          : between ? Accumulate<power, shared_q, true>(xs, qs, n, m, t, &window)
+                                    : Accumulate<power, shared_q, false>(xs, qs, n, m, t, nullptr);
     last = s;
     t_last = t;
     const double mass = coef * s.m[power];
@@ -482,7 +515,23 @@ RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
 
   // Pass 1: the max, Q, q at the argmax, and Σ q θ for Jensen's bound (NaN or +inf: NaN row).
   double m = -kInf, q_sum = 0.0, q_top = 0.0, weighted = 0.0, plain = 0.0;
-  if constexpr (shared_q) {
+  // The sparse laws' first pass also takes the sums at a guess of the root from the thread's
+  // last rows (free: the pass waits on memory); a guess below the root is a lower bound better
+  // than Jensen's, which saves a pass, one above it an upper bound.
+  constexpr bool guessing = shared_q && power > 0;
+  const bool guessed = guessing && std::isfinite(scratch.last_edge);
+  const double guess = scratch.last_edge - 2.0 * scratch.drift;
+  Sums<(power > 0 ? power : 1)> at_guess;
+  if (guessed) {
+    RowScan row;
+    at_guess = Accumulate<(power > 0 ? power : 1), true, false, true>(x, nullptr, k, 0.0, guess,
+                                                                      nullptr, &row);
+    m = row.max;
+    plain = row.sum;
+    q_sum = q_shared * static_cast<double>(k);
+    q_top = q_shared;
+    weighted = q_shared * plain;
+  } else if constexpr (shared_q) {
     MaxAndSum(x, k, &m, &plain);
     q_sum = q_shared * static_cast<double>(k);
     q_top = q_shared;
@@ -527,7 +576,27 @@ RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
 
   double t, excess;
   if constexpr (power > 0) {
-    SparseRoot<power, shared_q>(x, qrow, k, m, p.coef * q_scale, lo, hi, scratch, &t, &excess);
+    const Sums<power>* at_lo = nullptr;
+    if (guessed) {
+      const double t_guess = guess - m, mass = p.coef * q_scale * at_guess.m[power];
+      if (t_guess > lo && t_guess < hi) {
+        if (mass >= 1.0) {
+          lo = t_guess;
+          at_lo = &at_guess;
+        } else {
+          hi = t_guess;
+        }
+      }
+    }
+    SparseRoot<power, shared_q>(x, qrow, k, m, p.coef * q_scale, lo, hi, at_lo, scratch, &t,
+                                &excess);
+    if constexpr (guessing) {
+      const double edge = m + t;
+      if (std::isfinite(scratch.last_edge)) {
+        scratch.drift = 0.75 * scratch.drift + 0.25 * std::abs(edge - scratch.last_edge);
+      }
+      scratch.last_edge = edge;
+    }
   } else {
     PoleRoot<power, shared_q>(x, qrow, k, m, p.coef * q_scale, lo, hi, &t, &excess);
   }

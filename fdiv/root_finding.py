@@ -472,14 +472,13 @@ def streams(gen: Generator, solver: str, k: int) -> bool:
 
 
 def uses_kernel(gen: Generator, solver: str, num_iters: int | None, dtype) -> bool:
-    """Whether "auto" solves these rows with a CPU kernel (fdiv/cpu_kernel.py): KL (its
-    log-sum-exp) or a power-law generator, float32, no explicit iteration count, CPU the
-    default backend, and the kernels built. Elsewhere (and as the branch for other platforms)
-    "auto" is KL's closed form or Newton in JAX."""
+    """Whether "auto" solves these rows with the CPU kernel (fdiv/cpu_kernel.py): a power-law
+    generator, float32, no explicit iteration count, CPU the default backend, and the kernel
+    built. Elsewhere (and as the branch for other platforms) "auto" is Newton in JAX."""
     return (
         solver == "auto"
         and num_iters is None
-        and (isinstance(gen, KL) or gen.power_law is not None)
+        and gen.power_law is not None
         and jnp.dtype(dtype) == jnp.float32
         and jax.default_backend() == "cpu"
         and cpu_kernel.available()
@@ -489,25 +488,20 @@ def uses_kernel(gen: Generator, solver: str, num_iters: int | None, dtype) -> bo
 def solve_with_kernel(
     theta: Array, q: Array, gen: Generator
 ) -> tuple[Root, RowTotals, Array | None]:
-    """The root and row totals of KL or a power-law generator from the CPU kernels (CPU only:
-    see :func:`uses_kernel`), and for the power laws each row's
-    ``Σ_j q_j (f*(θ_j − τ) + f(0))``, the sum in the f-softmax's value (None for reverse KL,
-    whose ``f*`` is a log the kernel does not evaluate, and for KL, whose value needs no sum).
-    Not differentiable (stop_gradient)."""
+    """The root and row totals of a power-law generator from the CPU kernel (CPU only: see
+    :func:`uses_kernel`), and each row's ``Σ_j q_j (f*(θ_j − τ) + f(0))``, the sum in the
+    f-softmax's value (None for reverse KL, whose ``f*`` is a log the kernel does not
+    evaluate). Not differentiable (stop_gradient)."""
     theta, q = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(q)
     q = q.reshape((1,) * (theta.ndim - q.ndim) + q.shape)
-    if isinstance(gen, KL):
-        shift, t, q_sum, empty = cpu_kernel.log_sum_exp(theta, q)
-        return Root(shift, t), RowTotals(q_sum, empty), None
     coef, power = gen.power_law
     shift, t, q_sum, empty, excess = cpu_kernel.power_root(theta, q, coef, power)
     return Root(shift, t), RowTotals(q_sum, empty), excess if kernel_gives_value(gen) else None
 
 
 def kernel_gives_value(gen: Generator) -> bool:
-    """Whether the kernel's root comes with the f-softmax's value: KL's is ``τ + 1 − Q``, and
-    the power-law kernel returns its sum ``Σ_j q_j (f*(θ_j − τ) + f(0))`` where ``f(0)`` is
-    finite (not for reverse KL, whose ``f*`` is a log)."""
+    """Whether the kernel's ``Σ_j q_j (f*(θ_j − τ) + f(0))`` is defined: ``f(0)`` finite (not
+    reverse KL, whose ``f*`` is a log)."""
     return math.isfinite(gen.f_at_zero)
 
 

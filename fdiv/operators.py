@@ -202,7 +202,10 @@ def _kl_parts(theta: Array, q: Array) -> tuple[Array, Array]:
     """
     stats = rf.row_stats(theta, q)
     shift = jax.lax.stop_gradient(stats.shift)  # the frame is a constant, as in the solvers
-    total = _rows.row_sum(q * jnp.exp(theta - shift[..., None]))
+    if q.shape[-1] == 1:  # q shared by the classes: out of the sum, as cross-entropy's exp pass
+        total = q[..., 0] * _rows.row_sum(jnp.exp(theta - shift[..., None]))
+    else:
+        total = _rows.row_sum(q * jnp.exp(theta - shift[..., None]))
     # log(0) of an empty row would put 0 · inf = NaN into its (zero) gradient.
     value = jnp.log(jnp.where(stats.empty, 1.0, total)) + 1.0 - stats.q_sum
     return jnp.where(stats.empty, -jnp.inf, value), shift

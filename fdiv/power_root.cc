@@ -15,7 +15,9 @@
 // proceeds. See fdiv/cpu_kernel.py for how it is built and when it is used.
 //
 // Per row: one pass over the logits for the max, the NaN test and Jensen's lower bound of the
-// root; then safeguarded Newton on G(t) = S(t)^(1/power) − 1, monotone in t and convex (sparse)
+// root (for the sparse laws with a shared q, also the sums at a guess of the root from the
+// thread's last row: a better lower bound when it lies below the root, see SolveRow); then
+// safeguarded Newton on G(t) = S(t)^(1/power) − 1, monotone in t and convex (sparse)
 // or concave (poles) as a power mean of affine functions, so that from a lower bound the
 // iterates increase monotonically to the root. For the sparse laws every iterate is a lower
 // bound, and the classes at or below it carry no mass at the root (once they are most of the

@@ -83,6 +83,8 @@ struct Window {
 // support), within an ulp of r elsewhere. The moments are summed in float over blocks of
 // kFlush classes (16 terms per lane) and in double across blocks: eight classes per vector
 // instead of four, at the accuracy of double sums of float r (the JAX solvers' r is float).
+// Only classes above t count, and t is at least the argmax bound, so r ≤ (coef q_max)^(−1/power)
+// and q r^(power + 1) overflows float only for a q at the row max below ~1e-31 (power 4).
 template <int power>
 struct Sums {
   double m[power + 2] = {};
@@ -134,9 +136,9 @@ Sums<power> Accumulate(const float* x, const float* q, int64_t n, double offset,
   V4d totals[power + 2];
   for (V4d& v : totals) v = Splat(0.0);
   V8i count[2] = {V8i{}, V8i{}};
-  V8f max[2] = {Splat8(-std::numeric_limits<float>::infinity()),
-                Splat8(-std::numeric_limits<float>::infinity())};
-  V4d sum[2] = {Splat(0.0), Splat(0.0)};
+  V8f row_max[2] = {Splat8(-std::numeric_limits<float>::infinity()),
+                    Splat8(-std::numeric_limits<float>::infinity())};
+  V4d row_sum[2] = {Splat(0.0), Splat(0.0)};
   int64_t j = 0;
   while (j + 16 <= n) {
     // Two sets of sums, one per vector of a pair: each sum waits on one addition per pair.
@@ -153,26 +155,28 @@ Sums<power> Accumulate(const float* x, const float* q, int64_t n, double offset,
         window->marks[j / 16] = Bits8((in_a & (a <= vtop)) | (in_b & (b <= vtop))) != 0;
       }
       if constexpr (scan) {  // NaN never compares greater: the sum reports it
-        max[0] = a > max[0] ? a : max[0];
-        max[1] = b > max[1] ? b : max[1];
-        sum[0] += ToDouble(V4f{a[0], a[1], a[2], a[3]}) + ToDouble(V4f{a[4], a[5], a[6], a[7]});
-        sum[1] += ToDouble(V4f{b[0], b[1], b[2], b[3]}) + ToDouble(V4f{b[4], b[5], b[6], b[7]});
+        row_max[0] = a > row_max[0] ? a : row_max[0];
+        row_max[1] = b > row_max[1] ? b : row_max[1];
+        row_sum[0] +=
+            ToDouble(V4f{a[0], a[1], a[2], a[3]}) + ToDouble(V4f{a[4], a[5], a[6], a[7]});
+        row_sum[1] +=
+            ToDouble(V4f{b[0], b[1], b[2], b[3]}) + ToDouble(V4f{b[4], b[5], b[6], b[7]});
       }
     }
     for (int i = 0; i < power + 2; ++i) {
-      const V8f sum = moments[0][i] + moments[1][i];
-      totals[i] += ToDouble(V4f{sum[0], sum[1], sum[2], sum[3]}) +
-                   ToDouble(V4f{sum[4], sum[5], sum[6], sum[7]});
+      const V8f pair = moments[0][i] + moments[1][i];
+      totals[i] += ToDouble(V4f{pair[0], pair[1], pair[2], pair[3]}) +
+                   ToDouble(V4f{pair[4], pair[5], pair[6], pair[7]});
     }
   }
   Sums<power> out;
   for (int lane = 0; lane < 8; ++lane) out.count += count[0][lane] + count[1][lane];
   if constexpr (scan) {
     for (int lane = 0; lane < 8; ++lane) {
-      row->max = std::max({row->max, static_cast<double>(max[0][lane]),
-                           static_cast<double>(max[1][lane])});
+      row->max = std::max({row->max, static_cast<double>(row_max[0][lane]),
+                           static_cast<double>(row_max[1][lane])});
     }
-    for (int lane = 0; lane < 4; ++lane) row->sum += sum[0][lane] + sum[1][lane];
+    for (int lane = 0; lane < 4; ++lane) row->sum += row_sum[0][lane] + row_sum[1][lane];
   }
   for (int i = 0; i < power + 2; ++i) {
     for (int lane = 0; lane < 4; ++lane) out.m[i] += totals[i][lane];
@@ -397,8 +401,9 @@ void SparseRoot(const float* x, const float* q, int64_t k, double m, double coef
     // (S − S^(1 − 1/power)) / (coef · m[power − 1]).
     const double step = (mass - std::pow(mass, 1.0 - inv_power)) / (coef * s.m[power - 1]);
     double next = t + step;
-    const bool converged = std::abs(step) <= std::max(kStepTolerance * std::abs(t),
-                                                      kFloatResolution * (std::abs(m) + std::abs(t)));
+    const bool converged =
+        std::abs(step) <= std::max(kStepTolerance * std::abs(t),
+                                   kFloatResolution * (std::abs(m) + std::abs(t)));
     if (!(std::isfinite(next) && next > lo && next < hi) && !converged) next = 0.5 * (lo + hi);
     t = next;
     if (converged) break;

@@ -493,8 +493,8 @@ def solve_with_kernel(
     f-softmax's value (None for reverse KL, whose ``f*`` is a log the kernel does not
     evaluate). Not differentiable (stop_gradient)."""
     theta, q = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(q)
-    q = q.reshape((1,) * (theta.ndim - q.ndim) + q.shape)
     coef, power = gen.power_law
+    q = q.reshape((1,) * (theta.ndim - q.ndim) + q.shape)
     shift, t, q_sum, empty, excess = cpu_kernel.power_root(theta, q, coef, power)
     return Root(shift, t), RowTotals(q_sum, empty), excess if kernel_gives_value(gen) else None
 

@@ -61,7 +61,7 @@ struct Window {
   double d[kWindow], q[kWindow];  // r = z − t of each class, and its q
   // One byte per step of sixteen classes of the vector loop, nonzero where one may be in the
   // window: expanded after the loop (a call in the loop would keep its sums in memory, and a
-  // count of steps would chain the loop's iterations). Per thread (Scratch), n / 16 bytes.
+  // count of steps would chain the loop's iterations). Per thread (Buffers), n / 16 bytes.
   uint8_t* marks = nullptr;
 
   void Add(double r, double weight) {
@@ -339,14 +339,21 @@ struct Problem {
   float* excess;
 };
 
-// The per-thread buffers of the classes still above the lower bound (and their q when q
-// varies by class), and of the window's marks.
-struct Scratch {
+// The buffers of the classes still above the lower bound (and their q when q varies by
+// class), and of the window's marks: one set per thread, kept across calls (a row's buffer,
+// 128 KiB at 32768 classes, allocated anew for each batch of rows is mapped and faulted in
+// each time).
+struct Buffers {
   std::vector<float> x, q;
   std::vector<uint8_t> marks;  // Window::marks
-  // The root of the thread's last row (shared q, a sparse law) in the logits' frame, and how
-  // much it moved from row to row (a running mean): the next row's first pass takes the sums
-  // at a guess below it.
+};
+
+// What a batch of rows carries from row to row: the thread's buffers, and the root of the last
+// row (shared q, a sparse law) in the logits' frame with how much it moved from row to row (a
+// running mean), below which the next row's first pass takes its guess. Per batch, not per
+// thread: a row's result must not depend on which thread solved the rows before it.
+struct Scratch {
+  Buffers& buffers;
   double last_edge = kNaN, drift = 0.0;
 };
 
@@ -368,8 +375,8 @@ void SparseRoot(const float* x, const float* q, int64_t k, double m, double coef
   Sums<power> last;
   Window window;
   if constexpr (power == 2) {
-    scratch.marks.resize(k / 16 + 1);
-    window.marks = scratch.marks.data();
+    scratch.buffers.marks.resize(k / 16 + 1);
+    window.marks = scratch.buffers.marks.data();
   }
   for (int it = 0; it < kMaxIterations; ++it) {
     const bool between = power == 2 && window.top > t;
@@ -409,13 +416,14 @@ void SparseRoot(const float* x, const float* q, int64_t k, double m, double coef
     if (converged) break;
     // The classes above t are above the new lower bound: compact once they are few.
     if (2 * s.count < n && lo == t_last) {
+      Buffers& buffers = scratch.buffers;
       if (xs == x) {
-        scratch.x.resize(n);
-        if constexpr (!shared_q) scratch.q.resize(n);
+        buffers.x.resize(n);
+        if constexpr (!shared_q) buffers.q.resize(n);
       }
-      n = Compact<shared_q>(xs, qs, n, m, lo, scratch.x.data(), scratch.q.data());
-      xs = scratch.x.data();
-      if constexpr (!shared_q) qs = scratch.q.data();
+      n = Compact<shared_q>(xs, qs, n, m, lo, buffers.x.data(), buffers.q.data());
+      xs = buffers.x.data();
+      if constexpr (!shared_q) qs = buffers.q.data();
     }
   }
   // Σ q (f*(θ − τ) + f(0)) = coef / (power + 1) · Σ q r^(power + 1), for the value.
@@ -619,7 +627,8 @@ RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
 
 template <int power, bool shared_q>
 void SolveRows(const Problem& p, int64_t begin, int64_t end) {
-  Scratch scratch;
+  thread_local Buffers buffers;
+  Scratch scratch{buffers};
   for (int64_t row = begin; row < end; ++row) {
     const RowResult r = SolveRow<power, shared_q>(p, row, scratch);
     p.shift[row] = r.shift;

@@ -1,4 +1,5 @@
-"""The CPU kernel of the root search for power-law generators (``power_root.cc``).
+"""The CPU kernels of the root search: power-law generators (``power_root.cc``) and
+Jensen–Shannon (``js_root.cc``).
 
 Some generators give each class the mass ``q_j · coef · |θ_j − τ − a|^power`` with an integer
 power (``Generator.power_law``): on the support for ``alpha:2``, ``alpha:1.5``,
@@ -8,17 +9,20 @@ power (``Generator.power_law``): on the support for ``alpha:2``, ``alpha:1.5``,
 cache while it searches it, with sums in double precision (float within blocks of 256 classes
 for the sparse laws), dropping the classes that cannot be in the support as it goes: XLA:CPU
 spends about a cycle per element on each pass of the JAX solvers, which made these losses
-2.5–3.4× the time of cross-entropy at V = 32k (README, "Performance"). The kernel also
-returns the sum in the f-softmax's value (not for reverse KL, whose conjugate is a log).
+2.5–3.4× the time of cross-entropy at V = 32k (README, "Performance"). Jensen–Shannon's mass
+``q_j / expm1(τ + a − θ_j)`` takes an exponential per class: its kernel takes them once per row
+and then a product and a division per class and pass (4× → 1.6× cross-entropy). The kernels
+also return the sum in the f-softmax's value (not for reverse KL, whose conjugate is a log).
 Everything else (the probabilities, every derivative) stays in JAX, and so does the root on
 GPU and TPU, where the JAX solvers run as the default branch of
 ``jax.lax.platform_dependent``.
 
-The kernel is compiled on first use with the C++ compiler (``$CXX``, else ``c++``) for this
-machine (``-march=native``) and cached under ``$FDIV_CACHE_DIR`` (default ``~/.cache/fdiv``),
-keyed on its sources (``power_root.cc``, ``cpu_rows.h``), the flags, jaxlib's version and the
-CPU's flags (``scripts/setup.sh`` builds it ahead). Without a compiler, or with
-``FDIV_CPU_KERNEL=0``, ``"auto"`` uses the JAX Newton solver everywhere, with one warning.
+The kernels are compiled on first use with the C++ compiler (``$CXX``, else ``c++``) for this
+machine (``-march=native``) into one library cached under ``$FDIV_CACHE_DIR`` (default
+``~/.cache/fdiv``), keyed on their sources (``power_root.cc``, ``js_root.cc``, ``cpu_rows.h``),
+the flags, jaxlib's version and the CPU's flags (``scripts/setup.sh`` builds it ahead). Without
+a compiler, or with ``FDIV_CPU_KERNEL=0``, ``"auto"`` uses the JAX Newton solver everywhere,
+with one warning.
 """
 
 from __future__ import annotations
@@ -40,9 +44,11 @@ import jaxlib
 
 Array = jax.Array
 
-_SOURCE = Path(__file__).with_name("power_root.cc")
-_HEADER = Path(__file__).with_name("cpu_rows.h")
-_TARGET = "fdiv_power_root"
+_HERE = Path(__file__).parent
+_SOURCES = (_HERE / "power_root.cc", _HERE / "js_root.cc")
+_HEADERS = (_HERE / "cpu_rows.h",)
+# XLA's custom-call targets and the library's handler symbols.
+_TARGETS = {"fdiv_power_root": "FdivPowerRoot", "fdiv_js_root": "FdivJsRoot"}
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared")
 
 
@@ -60,13 +66,13 @@ def _cpu_flags() -> str:
 
 def _library_path() -> Path:
     key = hashlib.sha256()
-    for source in (_SOURCE, _HEADER):
+    for source in (*_SOURCES, *_HEADERS):
         key.update(source.read_bytes())
     for part in (" ".join(_FLAGS), jaxlib.__version__):
         key.update(part.encode())
     key.update(_cpu_flags().encode())
     cache = Path(os.environ.get("FDIV_CACHE_DIR", Path.home() / ".cache" / "fdiv"))
-    return cache / f"power_root-{key.hexdigest()[:16]}.so"
+    return cache / f"fdiv_cpu-{key.hexdigest()[:16]}.so"
 
 
 def build() -> Path:
@@ -89,7 +95,7 @@ def build() -> Path:
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".so", delete=False) as tmp:
         partial = Path(tmp.name)
     try:
-        command = [compiler, *_FLAGS, "-isystem", include, str(_SOURCE), "-o", str(partial)]
+        command = [compiler, *_FLAGS, "-isystem", include, *map(str, _SOURCES), "-o", str(partial)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
@@ -106,15 +112,17 @@ _registered: Path | None = None
 
 @functools.cache
 def available() -> bool:
-    """Whether the kernel is built and registered with XLA (built now if needed; once)."""
+    """Whether the kernels are built and registered with XLA (built now if needed; once)."""
     global _registered
     if os.environ.get("FDIV_CPU_KERNEL", "1") == "0":
         return False
     if _registered is None:
         try:
             path = build()
-            handler = jax.ffi.pycapsule(ctypes.CDLL(str(path)).FdivPowerRoot)
-            jax.ffi.register_ffi_target(_TARGET, handler, platform="cpu")
+            library = ctypes.CDLL(str(path))
+            for target, symbol in _TARGETS.items():
+                handler = jax.ffi.pycapsule(getattr(library, symbol))
+                jax.ffi.register_ffi_target(target, handler, platform="cpu")
         except (OSError, RuntimeError) as error:
             warnings.warn(
                 f"fdiv: the CPU root kernel is unavailable ({error}); solver='auto' uses the JAX "
@@ -141,7 +149,20 @@ def power_root(
     ``q_j (f*(θ_j − τ) + f(0))`` in the f-softmax's value (NaN for ``power = −1``). CPU only
     (see :func:`available`).
     """
+    return _call("fdiv_power_root", theta, q, coef=float(coef), power=int(power))
+
+
+def js_root(theta: Array, q: Array) -> tuple[Array, Array, Array, Array, Array]:
+    """``(shift, t, q_sum, empty, excess)`` per row of float32 logits ``theta [..., k]`` for the
+    Jensen–Shannon mass ``q_j / expm1(shift + t − θ_j)`` (``js_root.cc``; every class below the
+    pole ``shift + t``), as :func:`power_root`: ``excess`` is
+    ``−Σ_j q_j log(1 − exp(θ_j − shift − t))``, the sum of ``q_j (f*(θ_j − τ) + f(0))`` in the
+    f-softmax's value. CPU only (see :func:`available`)."""
+    return _call("fdiv_js_root", theta, q)
+
+
+def _call(target: str, theta: Array, q: Array, **attributes) -> tuple[Array, ...]:
     rows = jax.ShapeDtypeStruct(theta.shape[:-1], jnp.float32)
     flags = jax.ShapeDtypeStruct(theta.shape[:-1], jnp.bool_)
-    call = jax.ffi.ffi_call(_TARGET, (rows, rows, rows, flags, rows), vmap_method="broadcast_all")
-    return call(theta, q, coef=float(coef), power=int(power))
+    call = jax.ffi.ffi_call(target, (rows, rows, rows, flags, rows), vmap_method="broadcast_all")
+    return call(theta, q, **attributes)

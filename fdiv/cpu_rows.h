@@ -6,6 +6,7 @@
 #define FDIV_CPU_ROWS_H_
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -132,6 +133,127 @@ inline ffi::Error MakeRowLayout(ffi::Span<const int64_t> theta_dims,
     }
   }
   return ffi::Error::Success();
+}
+
+// A row's result, as the root kernels return it (see fdiv/cpu_kernel.py).
+struct RowResult {
+  float shift;   // the frame: the root rounded to float32, in the logits' own frame
+  float t;       // the anchored root relative to the frame: t_row − shift, exact to float32
+  float q_sum;   // Q = Σ_j q_j (1 for an empty row or a non-positive sum)
+  bool empty;    // every class masked (−inf)
+  float excess;  // Σ_j q_j (f*(θ_j − τ) + f(0)): the value's sum (_value_rel, operators.py)
+};
+
+// The result for the anchored root t in the frame of the row max m: the root rounded to
+// float32 in the logits' frame, so that θ_j − shift is exact for the classes next to the root,
+// and t the rest of it, taken as (m − shift) + t (exact, then rounded once): a pole root 1e-30
+// above a logit of 1 (reverse KL with a tiny q_j) is lost in m + t even in double.
+inline RowResult Framed(double m, double t, double q_total, double excess) {
+  const float shift = static_cast<float>(m + t);
+  return {shift, static_cast<float>((m - static_cast<double>(shift)) + t),
+          static_cast<float>(q_total), false, static_cast<float>(excess)};
+}
+
+// The kernels' outputs, one element per row.
+struct RowOutputs {
+  float* shift;
+  float* t;
+  float* q_sum;
+  bool* empty;
+  float* excess;
+
+  void Set(int64_t row, const RowResult& r) const {
+    shift[row] = r.shift;
+    t[row] = r.t;
+    q_sum[row] = r.q_sum;
+    empty[row] = r.empty;
+    excess[row] = r.excess;
+  }
+};
+
+// The row's max and sum (the sum is NaN when the row holds a NaN, or +inf and −inf).
+inline void MaxAndSum(const float* x, int64_t k, double* max, double* sum) {
+  const float neg = -std::numeric_limits<float>::infinity();
+  V4f m0 = V4f{neg, neg, neg, neg}, m1 = m0;
+  V4d s0 = Splat(0.0), s1 = s0;
+  int64_t j = 0;
+  for (; j + 8 <= k; j += 8) {
+    const V4f a = LoadFloats(x + j), b = LoadFloats(x + j + 4);
+    m0 = a > m0 ? a : m0;  // NaN never compares greater: the sum reports it
+    m1 = b > m1 ? b : m1;
+    s0 += ToDouble(a);
+    s1 += ToDouble(b);
+  }
+  double m = neg, total = 0.0;
+  for (int lane = 0; lane < 4; ++lane) {
+    m = std::max({m, static_cast<double>(m0[lane]), static_cast<double>(m1[lane])});
+    total += s0[lane] + s1[lane];
+  }
+  for (; j < k; ++j) {
+    if (x[j] > m) m = x[j];
+    total += x[j];
+  }
+  *max = m;
+  *sum = total;
+}
+
+// What the first pass over a row gives the bracket of its root (bracket() in
+// root_finding.py): the max, Q = Σ q, q at the argmax (the largest among ties), Σ q θ for
+// Jensen's bound and Σ θ (NaN when the row holds a NaN, or +inf).
+struct RowStart {
+  double max = -kInf, q_sum = 0.0, q_top = 0.0, weighted = 0.0, plain = 0.0;
+
+  bool Nan() const { return std::isnan(plain) || plain == kInf; }
+  bool Empty() const { return max == -kInf; }
+  // Q, or 1 for an empty row or a non-positive sum (as row_stats in root_finding.py).
+  double QTotal() const { return (Empty() || !(q_sum > 0.0)) ? 1.0 : q_sum; }
+  // q at the argmax, or 1 where it is not positive (as row_stats).
+  double QTop() const { return q_top > 0.0 ? q_top : 1.0; }
+  // The result of a row that the first pass decides: NaN (a NaN or +inf logit) or empty.
+  RowResult Degenerate() const {
+    if (Empty()) return {0.0f, 0.0f, 1.0f, true, 0.0f};
+    const float nan = static_cast<float>(kNaN);
+    return {nan, nan, static_cast<float>(QTotal()), false, nan};
+  }
+};
+
+// The first pass over a row of k logits x; q shared by the classes (q[0]) or per class.
+template <bool shared_q>
+RowStart ScanRow(const float* x, const float* q, int64_t k) {
+  RowStart row;
+  if constexpr (shared_q) {
+    MaxAndSum(x, k, &row.max, &row.plain);
+    row.q_sum = q[0] * static_cast<double>(k);
+    row.q_top = q[0];
+    row.weighted = q[0] * row.plain;
+  } else {
+    for (int64_t j = 0; j < k; ++j) {  // q varies by class: its stride is 1
+      const double v = x[j];
+      const double qj = q[j];
+      row.plain += v;
+      row.q_sum += qj;
+      row.weighted += qj > 0.0 ? qj * v : 0.0;
+      if (v > row.max) {
+        row.max = v;
+        row.q_top = qj;
+      } else if (v == row.max) {
+        row.q_top = std::max(row.q_top, qj);
+      }
+    }
+  }
+  return row;
+}
+
+// The lower bound of the anchored root (frame of the row max) from the argmax's bound `lo`
+// and Jensen's, `mean` − `hi` … as bracket() in root_finding.py: Jensen's bound is
+// Σ q θ / Q − max θ + hi, each bound lowered by its rounding: the argmax's by a few ulps of
+// itself (a pole root can lie 1e-14 above the max, and must stay above it), Jensen's, tight for
+// rows of equal logits, by a few ulps of the mean logit it subtracts.
+inline double LowerBound(const RowStart& row, double lo, double hi) {
+  const double jensen = row.weighted / row.QTotal() - row.max + hi;  // −inf: a class in q is −inf
+  const double eps = std::numeric_limits<double>::epsilon();
+  lo -= 4.0 * eps * std::abs(lo);
+  return std::max(lo, std::min(jensen, hi) - 8.0 * eps * (1.0 + std::abs(hi) + std::abs(row.max)));
 }
 
 // Calls solve(begin, end) over [0, rows) in small batches from a shared counter, on the calling

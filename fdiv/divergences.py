@@ -382,6 +382,12 @@ class JensenShannon(Generator):
         s = _js_conj_grad_rel(r)
         return s * (1.0 + s)
 
+    def weighted_conj_hess_rel(self, q, r):
+        # As the other poles: q = 1e-20 at the max puts its class 1e-20 below the pole, and
+        # s² = 1e40 overflows float32 where (q s)(1 + s) does not.
+        s = _js_conj_grad_rel(r)
+        return (q * s) * (1.0 + s)
+
     def conj_rel(self, r):
         return -math.log(2.0) - jnp.log(-jnp.expm1(r))
 

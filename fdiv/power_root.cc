@@ -43,13 +43,6 @@ constexpr double kStepTolerance = 1e-10;
 // ulp of the logits near it: steps below this, relative to |max θ| + |t|, are that noise.
 constexpr double kFloatResolution = 0x1p-22;
 
-struct RowResult {
-  float shift;  // the frame: the root rounded to float32, in the logits' own frame
-  float t;      // the anchored root relative to the frame: t_row − shift, exact to float32
-  float q_sum;  // Q = Σ_j q_j (1 for an empty row or a non-positive sum)
-  bool empty;   // every class masked (−inf)
-  float excess;  // Σ_j q_j (f*(θ_j − τ) + f(0)): the value's sum (_value_rel, operators.py)
-};
 
 // The classes between the iterate t and an upper bound `top` of the root (power 2): with the
 // moments above t they give the exact root in the same pass (see WindowRoot). At most
@@ -300,43 +293,13 @@ int64_t Compact(const float* x, const float* q, int64_t n, double offset, double
   return kept;
 }
 
-// The row's max and sum (the sum is NaN when the row holds a NaN, or +inf and −inf).
-inline void MaxAndSum(const float* x, int64_t k, double* max, double* sum) {
-  const float neg = -std::numeric_limits<float>::infinity();
-  V4f m0 = V4f{neg, neg, neg, neg}, m1 = m0;
-  V4d s0 = Splat(0.0), s1 = s0;
-  int64_t j = 0;
-  for (; j + 8 <= k; j += 8) {
-    const V4f a = LoadFloats(x + j), b = LoadFloats(x + j + 4);
-    m0 = a > m0 ? a : m0;  // NaN never compares greater: the sum reports it
-    m1 = b > m1 ? b : m1;
-    s0 += ToDouble(a);
-    s1 += ToDouble(b);
-  }
-  double m = neg, total = 0.0;
-  for (int lane = 0; lane < 4; ++lane) {
-    m = std::max({m, static_cast<double>(m0[lane]), static_cast<double>(m1[lane])});
-    total += s0[lane] + s1[lane];
-  }
-  for (; j < k; ++j) {
-    if (x[j] > m) m = x[j];
-    total += x[j];
-  }
-  *max = m;
-  *sum = total;
-}
-
 struct Problem {
   RowLayout layout;
   const float* theta;
   const float* q;
   double coef;
   int64_t power;
-  float* shift;
-  float* t;
-  float* q_sum;
-  bool* empty;
-  float* excess;
+  RowOutputs out;
 };
 
 // The buffers of the classes still above the lower bound (and their q when q varies by
@@ -529,7 +492,6 @@ RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
   const double q_scale = shared_q ? q_shared : 1.0;
 
   // Pass 1: the max, Q, q at the argmax, and Σ q θ for Jensen's bound (NaN or +inf: NaN row).
-  double m = -kInf, q_sum = 0.0, q_top = 0.0, weighted = 0.0, plain = 0.0;
   // The sparse laws' first pass also takes the sums at a guess of the root from the thread's
   // last rows (free: the pass waits on memory); a guess below the root is a lower bound better
   // than Jensen's, which saves a pass, one above it an upper bound.
@@ -537,57 +499,28 @@ RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
   const bool guessed = guessing && std::isfinite(scratch.last_edge);
   const double guess = scratch.last_edge - 2.0 * scratch.drift;
   Sums<(power > 0 ? power : 1)> at_guess;
+  RowStart start;
   if (guessed) {
-    RowScan row;
+    RowScan scan;
     at_guess = Accumulate<(power > 0 ? power : 1), true, false, true>(x, nullptr, k, 0.0, guess,
-                                                                      nullptr, &row);
-    m = row.max;
-    plain = row.sum;
-    q_sum = q_shared * static_cast<double>(k);
-    q_top = q_shared;
-    weighted = q_shared * plain;
-  } else if constexpr (shared_q) {
-    MaxAndSum(x, k, &m, &plain);
-    q_sum = q_shared * static_cast<double>(k);
-    q_top = q_shared;
-    weighted = q_shared * plain;
+                                                                      nullptr, &scan);
+    start.max = scan.max;
+    start.plain = scan.sum;
+    start.q_sum = q_shared * static_cast<double>(k);
+    start.q_top = q_shared;
+    start.weighted = q_shared * scan.sum;
   } else {
-    for (int64_t j = 0; j < k; ++j) {  // q varies by class: its stride is 1
-      const double v = x[j];
-      const double qj = qrow[j];
-      plain += v;
-      q_sum += qj;
-      weighted += qj > 0.0 ? qj * v : 0.0;
-      if (v > m) {
-        m = v;
-        q_top = qj;
-      } else if (v == m) {
-        q_top = std::max(q_top, qj);
-      }
-    }
+    start = ScanRow<shared_q>(x, qrow, k);
   }
-  const bool empty = m == -kInf;
-  const double q_total = (empty || !(q_sum > 0.0)) ? 1.0 : q_sum;
-  if (std::isnan(plain) || plain == kInf) {  // a NaN or +inf logit
-    const float nan = static_cast<float>(kNaN);
-    return {nan, nan, static_cast<float>(q_total), false, nan};
-  }
-  if (empty) return {0.0f, 0.0f, 1.0f, true, 0.0f};
-  if (!(q_top > 0.0)) q_top = 1.0;
+  if (start.Nan() || start.Empty()) return start.Degenerate();
+  const double m = start.max, q_total = start.QTotal();
 
   // The bracket of the anchored root in the frame of the row max (see bracket() in
   // root_finding.py): the argmax alone has mass 1 at lo, no class more than its share at hi.
   // The root is below the row max for the sparse laws and above it for the poles.
   const double sign = power > 0 ? -1.0 : 1.0, inv_power = 1.0 / power;
-  double lo = sign * std::pow(1.0 / (p.coef * q_top), inv_power);
   double hi = sign * std::pow(1.0 / (p.coef * q_total), inv_power);
-  const double jensen = weighted / q_total - m + hi;  // −inf when a class in q is −inf
-  // Each bound is lowered by its rounding: the argmax's by a few ulps of itself (a pole root
-  // can lie 1e-14 above the max, and must stay above it), Jensen's, tight for rows of equal
-  // logits, by a few ulps of the mean logit it subtracts.
-  const double eps = std::numeric_limits<double>::epsilon();
-  lo -= 4.0 * eps * std::abs(lo);
-  lo = std::max(lo, std::min(jensen, hi) - 8.0 * eps * (1.0 + std::abs(hi) + std::abs(m)));
+  double lo = LowerBound(start, sign * std::pow(1.0 / (p.coef * start.QTop()), inv_power), hi);
 
   double t, excess;
   if constexpr (power > 0) {
@@ -616,13 +549,7 @@ RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
     PoleRoot<power, shared_q>(x, qrow, k, m, p.coef * q_scale, lo, hi, &t, &excess);
   }
 
-  // The frame: the root rounded to float32 in the logits' frame, so that θ_j − shift is exact
-  // for the classes next to the root, and t the rest of it, taken as (m − shift) + t (exact,
-  // then rounded once): a pole root 1e-30 above a logit of 1 (reverse KL with a tiny q_j) is
-  // lost in m + t even in double, and −1/r would be infinite at that class.
-  const float shift = static_cast<float>(m + t);
-  return {shift, static_cast<float>((m - static_cast<double>(shift)) + t),
-          static_cast<float>(q_total), false, static_cast<float>(excess)};
+  return Framed(m, t, q_total, excess);
 }
 
 template <int power, bool shared_q>
@@ -630,12 +557,7 @@ void SolveRows(const Problem& p, int64_t begin, int64_t end) {
   thread_local Buffers buffers;
   Scratch scratch{buffers};
   for (int64_t row = begin; row < end; ++row) {
-    const RowResult r = SolveRow<power, shared_q>(p, row, scratch);
-    p.shift[row] = r.shift;
-    p.t[row] = r.t;
-    p.q_sum[row] = r.q_sum;
-    p.empty[row] = r.empty;
-    p.excess[row] = r.excess;
+    p.out.Set(row, SolveRow<power, shared_q>(p, row, scratch));
   }
 }
 
@@ -679,11 +601,8 @@ ffi::Error PowerRootImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> theta,
   p.q = q.typed_data();
   p.coef = coef;
   p.power = power;
-  p.shift = shift->typed_data();
-  p.t = t->typed_data();
-  p.q_sum = q_sum->typed_data();
-  p.empty = empty->typed_data();
-  p.excess = excess->typed_data();
+  p.out = {shift->typed_data(), t->typed_data(), q_sum->typed_data(), empty->typed_data(),
+           excess->typed_data()};
   const bool shared_q = p.layout.q_class_stride == 0;
   ParallelRows(pool, p.layout.rows, [&p, shared_q](int64_t begin, int64_t end) {
     shared_q ? SolveRange<true>(p, begin, end) : SolveRange<false>(p, begin, end);

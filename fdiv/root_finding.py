@@ -57,10 +57,10 @@ Solvers:
   most the cap. For χ² and α = 2 the mass is linear in τ on a fixed support, so
   a secant step through two iterates with the same support lands on the
   closed-form root of that support: no separate closed-form finish is needed.
-* ``"auto"``: the closed form for KL (log-sum-exp, no search); on CPU, the kernel of
+* ``"auto"``: the closed form for KL (log-sum-exp, no search); on CPU, the kernels of
   fdiv/cpu_kernel.py for the generators with a power-law map (``Generator.power_law``: the
-  α-divergences with an integer 1/(α − 1), χ², reverse KL, Hellinger); Newton for every other
-  generator, and on GPU and TPU.
+  α-divergences with an integer 1/(α − 1), χ², reverse KL, Hellinger) and for Jensen–Shannon;
+  Newton for every other generator, and on GPU and TPU.
 
 The root is never differentiated: the operators and losses differentiate it
 implicitly (see operators.py), so the iterates are not stored.
@@ -76,7 +76,7 @@ import jax
 import jax.numpy as jnp
 
 from fdiv import _rows, cpu_kernel
-from fdiv.divergences import KL, Generator
+from fdiv.divergences import KL, Generator, JensenShannon
 
 Array = jax.Array
 SOLVERS = ("auto", "bisect", "newton")
@@ -472,13 +472,14 @@ def streams(gen: Generator, solver: str, k: int) -> bool:
 
 
 def uses_kernel(gen: Generator, solver: str, num_iters: int | None, dtype) -> bool:
-    """Whether "auto" solves these rows with the CPU kernel (fdiv/cpu_kernel.py): a power-law
-    generator, float32, no explicit iteration count, CPU the default backend, and the kernel
-    built. Elsewhere (and as the branch for other platforms) "auto" is Newton in JAX."""
+    """Whether "auto" solves these rows with a CPU kernel (fdiv/cpu_kernel.py): a power-law
+    generator or Jensen–Shannon, float32, no explicit iteration count, CPU the default backend,
+    and the kernels built. Elsewhere (and as the branch for other platforms) "auto" is Newton
+    in JAX."""
     return (
         solver == "auto"
         and num_iters is None
-        and gen.power_law is not None
+        and (gen.power_law is not None or isinstance(gen, JensenShannon))
         and jnp.dtype(dtype) == jnp.float32
         and jax.default_backend() == "cpu"
         and cpu_kernel.available()
@@ -488,14 +489,16 @@ def uses_kernel(gen: Generator, solver: str, num_iters: int | None, dtype) -> bo
 def solve_with_kernel(
     theta: Array, q: Array, gen: Generator
 ) -> tuple[Root, RowTotals, Array | None]:
-    """The root and row totals of a power-law generator from the CPU kernel (CPU only: see
-    :func:`uses_kernel`), and each row's ``Σ_j q_j (f*(θ_j − τ) + f(0))``, the sum in the
-    f-softmax's value (None for reverse KL, whose ``f*`` is a log the kernel does not
-    evaluate). Not differentiable (stop_gradient)."""
+    """The root and row totals of a power-law generator or Jensen–Shannon from a CPU kernel (CPU
+    only: see :func:`uses_kernel`), and each row's ``Σ_j q_j (f*(θ_j − τ) + f(0))``, the sum in
+    the f-softmax's value (None for reverse KL, whose ``f*`` is a log the power-law kernel does
+    not evaluate). Not differentiable (stop_gradient)."""
     theta, q = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(q)
-    coef, power = gen.power_law
     q = q.reshape((1,) * (theta.ndim - q.ndim) + q.shape)
-    shift, t, q_sum, empty, excess = cpu_kernel.power_root(theta, q, coef, power)
+    if isinstance(gen, JensenShannon):
+        shift, t, q_sum, empty, excess = cpu_kernel.js_root(theta, q)
+    else:
+        shift, t, q_sum, empty, excess = cpu_kernel.power_root(theta, q, *gen.power_law)
     return Root(shift, t), RowTotals(q_sum, empty), excess if kernel_gives_value(gen) else None
 
 

@@ -18,10 +18,10 @@ else
   echo "[setup] $venv is up to date"
 fi
 
-# The CPU kernel of the power-law generators' root (fdiv/cpu_kernel.py), compiled once per
-# source and machine into ~/.cache/fdiv; without a compiler fdiv falls back to its JAX solver.
-"$venv/bin/python" -c "from fdiv import cpu_kernel; print('[setup] CPU kernel:', cpu_kernel.build())" ||
-  echo "[setup] WARNING: the CPU kernel did not build; solver='auto' will use JAX Newton" >&2
+# The CPU kernels of the root (power laws, Jensen–Shannon: fdiv/cpu_kernel.py), compiled once
+# per source and machine into ~/.cache/fdiv; without a compiler fdiv falls back to its JAX solver.
+"$venv/bin/python" -c "from fdiv import cpu_kernel; print('[setup] CPU kernels:', cpu_kernel.build())" ||
+  echo "[setup] WARNING: the CPU kernels did not build; solver='auto' will use JAX Newton" >&2
 
 # Offline data: Fashion-MNIST (classification), the King James Bible and the Python
 # documentation (language modelling).

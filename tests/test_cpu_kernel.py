@@ -1,4 +1,5 @@
-"""The CPU kernel of the power-law generators' root (fdiv/cpu_kernel.py, power_root.cc).
+"""The CPU kernels of the root: power-law generators (power_root.cc) and Jensen–Shannon
+(js_root.cc), see fdiv/cpu_kernel.py.
 
 Its accuracy on random and adversarial rows is tested with every "auto" case of
 test_solvers.py, and its edge cases (masks, NaN, empty rows, leading axes, vmap, half precision)
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from references import ref_solve
 
 import fdiv
 from fdiv import cpu_kernel
@@ -22,21 +24,30 @@ from fdiv.divergences import get_generator
 SPARSE = ["alpha:1.5", "alpha:2", "chi2", "alpha:1.25", f"alpha:{4 / 3!r}"]
 POLES = ["reverse_kl", "hellinger", "alpha:0.5", "alpha:0.75"]
 POWER_LAWS = SPARSE + POLES
+KERNELS = [*POWER_LAWS, "js"]
 
 
 def _lowered(fn, *args) -> str:
     return jax.jit(fn).lower(*args).as_text()
 
 
-@pytest.mark.parametrize("divergence", ["alpha:1.5", "chi2", "reverse_kl"])
-def test_auto_uses_the_kernel_on_cpu(divergence):
+@pytest.mark.parametrize(
+    "divergence, target",
+    [
+        ("alpha:1.5", "fdiv_power_root"),
+        ("chi2", "fdiv_power_root"),
+        ("reverse_kl", "fdiv_power_root"),
+        ("js", "fdiv_js_root"),
+    ],
+)
+def test_auto_uses_the_kernel_on_cpu(divergence, target):
     x = jnp.zeros((4, 16))
     assert cpu_kernel.available()
     labels = jnp.zeros(4, int)
     auto = _lowered(lambda x: fdiv.fdiv_loss_with_integer_labels(x, labels, divergence), x)
-    assert "fdiv_power_root" in auto
+    assert target in auto
     newton = _lowered(lambda x: fdiv.f_softargmax(x, divergence, solver="newton"), x)
-    assert "fdiv_power_root" not in newton
+    assert target not in newton
 
 
 @pytest.mark.parametrize("divergence", ["kl", "js", "alpha:3", "alpha:1.7", "alpha:-1"])
@@ -57,7 +68,7 @@ def test_power_laws_are_the_generators_maps():
             assert np.all(gen.conj_grad_rel(-r) == 0.0)
 
 
-@pytest.mark.parametrize("divergence", POWER_LAWS)
+@pytest.mark.parametrize("divergence", KERNELS)
 def test_array_q_matches_newton(divergence, rng):
     """q per class, shared by the rows or one per row, with zeros (masked classes)."""
     x = jnp.asarray(rng.normal(size=(6, 300)) * 2.0, jnp.float32)
@@ -89,7 +100,7 @@ def test_the_guess_from_the_last_row_leaves_the_root(q, rng):
 
 
 @pytest.mark.parametrize(
-    "divergence", ["alpha:1.5", "chi2", "alpha:1.25", "reverse_kl", "hellinger"]
+    "divergence", ["alpha:1.5", "chi2", "alpha:1.25", "reverse_kl", "hellinger", "js"]
 )
 @pytest.mark.parametrize("q", ["uniform", "unit"])
 def test_value_and_derivatives_match_the_jax_path(divergence, q, rng):
@@ -116,6 +127,32 @@ def test_value_and_derivatives_match_the_jax_path(divergence, q, rng):
     np.testing.assert_allclose(*tangents, atol=1e-5)
 
 
+@pytest.mark.parametrize("q", ["uniform", "unit", "array"])
+def test_js_classes_next_to_the_pole(q, rng):
+    """Jensen–Shannon's kernel takes each class's e^r from exponentials stored once per row,
+    except where e^r > 1/2: there the mass 1/expm1(−r) needs r itself (in double). Rows with
+    hundreds of classes there (near ties at the top, every class tied), one class ~1e-5 below
+    the pole (uniform q over 32768 classes, 2·N(0, 1) logits) or a few of them, and a tail of
+    classes past the last vector of sixteen, match a float64 bisection."""
+    v = 32768 + 5
+    top = np.arange(v) < 600
+    x = np.stack(
+        [
+            np.where(top, rng.uniform(-0.3, 0.0, v), rng.normal(size=v) - 4.0),
+            np.zeros(v),
+            rng.normal(size=v) * 2.0,
+            np.where(np.arange(v) >= v - 3, 2.0, rng.normal(size=v)),
+        ]
+    ).astype(np.float32)
+    q_arr = rng.uniform(0.0, 2.0, size=x.shape).astype(np.float32) if q == "array" else q
+    p = fdiv.f_softargmax(jnp.asarray(x), "js", q=q_arr)
+    ref = ref_solve(x, "js", q_arr)
+    np.testing.assert_allclose(p, ref.p, rtol=2e-5, atol=1e-9)
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-6)
+    value = fdiv.f_softmax(jnp.asarray(x), "js", q=q_arr) - ref.shift
+    np.testing.assert_allclose(value, ref.value_rel, rtol=1e-6, atol=1e-6)
+
+
 def test_derivative_in_q_matches_the_jax_path(rng):
     x = jnp.asarray(rng.normal(size=(3, 30)), jnp.float32)
     q = jnp.asarray(rng.uniform(0.5, 1.5, size=(3, 30)), jnp.float32)
@@ -126,7 +163,7 @@ def test_derivative_in_q_matches_the_jax_path(rng):
     np.testing.assert_allclose(jax.grad(value)(q, "auto"), jax.grad(value)(q, "newton"), atol=1e-6)
 
 
-@pytest.mark.parametrize("divergence", ["alpha:1.5", "hellinger"])
+@pytest.mark.parametrize("divergence", ["alpha:1.5", "hellinger", "js"])
 def test_value_for_edge_rows(divergence):
     """An empty row has value −inf, a NaN row NaN, ties and a single class their closed forms."""
     x = jnp.array(
@@ -180,7 +217,7 @@ def test_the_build_is_cached(monkeypatch, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
 
 
-@pytest.mark.parametrize("divergence", ["reverse_kl", "hellinger"])
+@pytest.mark.parametrize("divergence", ["reverse_kl", "hellinger", "js"])
 def test_pole_root_next_to_the_max(divergence):
     """A tiny q at the largest logit puts the pole's root within ~q of it (3e-20 here): the
     root must stay above that logit (a bound lowered by ulps of the logit would cross it) and
@@ -191,8 +228,8 @@ def test_pole_root_next_to_the_max(divergence):
     """
     x = jnp.array([[4.0, 3.0, 1.0, -2.0]])
     q = jnp.array([[1e-20, 0.5, 0.3, 0.2]])
-    power = get_generator(divergence).power_law[1]
-    others = np.array([0.5, 0.3, 0.2]) * np.array([1.0, 3.0, 6.0]) ** power
+    below = get_generator(divergence).conj_grad_rel(jnp.array([-1.0, -3.0, -6.0]))
+    others = np.array([0.5, 0.3, 0.2]) * np.asarray(below, np.float64)
     expected = np.concatenate([[1.0 - others.sum()], others])
     for solver in ("auto", "newton"):
         p = fdiv.f_softargmax(x, divergence, q=q, solver=solver)

@@ -171,6 +171,45 @@ struct RowOutputs {
   }
 };
 
+// What a root kernel reads and writes: the rows of logits, their q, and the results per row.
+struct RowProblem {
+  RowLayout layout;
+  const float* theta = nullptr;
+  const float* q = nullptr;
+  RowOutputs out;
+};
+
+// The FFI signature of the root kernels: XLA's thread pool, the logits and q, and per row the
+// frame, the root, Q, whether it is empty and the value's sum (attributes may follow).
+inline auto RootBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::PRED>>()
+      .Ret<ffi::Buffer<ffi::F32>>();
+}
+
+// The problem of a root kernel's arguments and results (RootBinding); an error names the kernel.
+inline ffi::Error MakeRowProblem(const char* name, ffi::Buffer<ffi::F32> theta,
+                                 ffi::Buffer<ffi::F32> q, ffi::ResultBuffer<ffi::F32> shift,
+                                 ffi::ResultBuffer<ffi::F32> t, ffi::ResultBuffer<ffi::F32> q_sum,
+                                 ffi::ResultBuffer<ffi::PRED> empty,
+                                 ffi::ResultBuffer<ffi::F32> excess, RowProblem* p) {
+  if (ffi::Error error = MakeRowLayout(theta.dimensions(), q.dimensions(), name, &p->layout);
+      error.failure()) {
+    return error;
+  }
+  p->theta = theta.typed_data();
+  p->q = q.typed_data();
+  p->out = {shift->typed_data(), t->typed_data(), q_sum->typed_data(), empty->typed_data(),
+            excess->typed_data()};
+  return ffi::Error::Success();
+}
+
 // The row's max and sum (the sum is NaN when the row holds a NaN, or +inf and −inf).
 inline void MaxAndSum(const float* x, int64_t k, double* max, double* sum) {
   const float neg = -std::numeric_limits<float>::infinity();

@@ -192,15 +192,9 @@ struct Buffers {
   std::vector<uint8_t> marks;
 };
 
-struct Problem {
-  RowLayout layout;
-  const float* theta;
-  const float* q;
-  RowOutputs out;
-};
 
 template <bool shared_q>
-RowResult SolveRow(const Problem& p, int64_t row, Buffers& buffers) {
+RowResult SolveRow(const RowProblem& p, int64_t row, Buffers& buffers) {
   const int64_t k = p.layout.classes;
   const float* x = p.theta + row * k;
   const float* qrow = p.q + p.layout.QRowOffset(row);
@@ -257,7 +251,7 @@ RowResult SolveRow(const Problem& p, int64_t row, Buffers& buffers) {
 }
 
 template <bool shared_q>
-void SolveRows(const Problem& p, int64_t begin, int64_t end) {
+void SolveRows(const RowProblem& p, int64_t begin, int64_t end) {
   thread_local Buffers buffers;
   for (int64_t row = begin; row < end; ++row) p.out.Set(row, SolveRow<shared_q>(p, row, buffers));
 }
@@ -266,16 +260,12 @@ ffi::Error JsRootImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> theta, ffi::Bu
                       ffi::ResultBuffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> t,
                       ffi::ResultBuffer<ffi::F32> q_sum, ffi::ResultBuffer<ffi::PRED> empty,
                       ffi::ResultBuffer<ffi::F32> excess) {
-  Problem p;
-  if (ffi::Error error = MakeRowLayout(theta.dimensions(), q.dimensions(), "fdiv_js_root",
-                                       &p.layout);
+  RowProblem p;
+  if (ffi::Error error =
+          MakeRowProblem("fdiv_js_root", theta, q, shift, t, q_sum, empty, excess, &p);
       error.failure()) {
     return error;
   }
-  p.theta = theta.typed_data();
-  p.q = q.typed_data();
-  p.out = {shift->typed_data(), t->typed_data(), q_sum->typed_data(), empty->typed_data(),
-           excess->typed_data()};
   const bool shared_q = p.layout.q_class_stride == 0;
   ParallelRows(pool, p.layout.rows, [&p, shared_q](int64_t begin, int64_t end) {
     shared_q ? SolveRows<true>(p, begin, end) : SolveRows<false>(p, begin, end);
@@ -286,13 +276,4 @@ ffi::Error JsRootImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> theta, ffi::Bu
 }  // namespace
 }  // namespace fdiv_cpu
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FdivJsRoot, fdiv_cpu::JsRootImpl,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Ret<xla::ffi::Buffer<xla::ffi::PRED>>()
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FdivJsRoot, fdiv_cpu::JsRootImpl, fdiv_cpu::RootBinding());

@@ -293,13 +293,9 @@ int64_t Compact(const float* x, const float* q, int64_t n, double offset, double
   return kept;
 }
 
-struct Problem {
-  RowLayout layout;
-  const float* theta;
-  const float* q;
+struct Problem : RowProblem {
   double coef;
   int64_t power;
-  RowOutputs out;
 };
 
 // The buffers of the classes still above the lower bound (and their q when q varies by
@@ -593,16 +589,12 @@ ffi::Error PowerRootImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> theta,
   }
   Problem p;
   if (ffi::Error error =
-          MakeRowLayout(theta.dimensions(), q.dimensions(), "fdiv_power_root", &p.layout);
+          MakeRowProblem("fdiv_power_root", theta, q, shift, t, q_sum, empty, excess, &p);
       error.failure()) {
     return error;
   }
-  p.theta = theta.typed_data();
-  p.q = q.typed_data();
   p.coef = coef;
   p.power = power;
-  p.out = {shift->typed_data(), t->typed_data(), q_sum->typed_data(), empty->typed_data(),
-           excess->typed_data()};
   const bool shared_q = p.layout.q_class_stride == 0;
   ParallelRows(pool, p.layout.rows, [&p, shared_q](int64_t begin, int64_t end) {
     shared_q ? SolveRange<true>(p, begin, end) : SolveRange<false>(p, begin, end);
@@ -614,14 +606,4 @@ ffi::Error PowerRootImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> theta,
 }  // namespace fdiv_cpu
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FdivPowerRoot, fdiv_cpu::PowerRootImpl,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::ThreadPool>()
-                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Ret<xla::ffi::Buffer<xla::ffi::PRED>>()
-                                  .Ret<xla::ffi::Buffer<xla::ffi::F32>>()
-                                  .Attr<double>("coef")
-                                  .Attr<int64_t>("power"));
+                              fdiv_cpu::RootBinding().Attr<double>("coef").Attr<int64_t>("power"));

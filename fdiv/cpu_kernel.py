@@ -126,7 +126,7 @@ def available() -> bool:
         except (OSError, RuntimeError) as error:
             warnings.warn(
                 f"fdiv: the CPU root kernel is unavailable ({error}); solver='auto' uses the JAX "
-                "Newton solver for the power-law generators on CPU",
+                "Newton solver for the power-law generators and JS on CPU",
                 RuntimeWarning,
                 stacklevel=2,
             )

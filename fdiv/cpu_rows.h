@@ -1,13 +1,14 @@
-// The row machinery of the CPU kernel (power_root.cc): vectors of floats and doubles, the
-// layout of the logits' rows and of the reference measure q against them, and the rows shared
-// out to XLA's intra-op threads.
+// The row machinery of the CPU root kernels (power_root.cc, js_root.cc): vectors of floats and
+// doubles, the layout of the logits' rows and of the reference measure q against them, the
+// kernels' signature and results, a row's first pass and lower bound, and the rows shared out
+// to XLA's intra-op threads.
 
 #ifndef FDIV_CPU_ROWS_H_
 #define FDIV_CPU_ROWS_H_
 
 #include <algorithm>
-#include <cmath>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -283,16 +284,17 @@ RowStart ScanRow(const float* x, const float* q, int64_t k) {
   return row;
 }
 
-// The lower bound of the anchored root (frame of the row max) from the argmax's bound `lo`
-// and Jensen's, `mean` − `hi` … as bracket() in root_finding.py: Jensen's bound is
-// Σ q θ / Q − max θ + hi, each bound lowered by its rounding: the argmax's by a few ulps of
-// itself (a pole root can lie 1e-14 above the max, and must stay above it), Jensen's, tight for
-// rows of equal logits, by a few ulps of the mean logit it subtracts.
+// The lower bound of the anchored root (frame of the row max), as bracket() in
+// root_finding.py: the larger of the argmax's bound `lo` and Jensen's, Σ q θ / Q − max θ + hi
+// (`hi` the bound from Q), each lowered by its rounding: the argmax's by a few ulps of itself (a
+// pole root can lie 1e-14 above the max, and must stay above it), Jensen's, tight for rows of
+// equal logits, by a few ulps of the mean logit it subtracts.
 inline double LowerBound(const RowStart& row, double lo, double hi) {
   const double jensen = row.weighted / row.QTotal() - row.max + hi;  // −inf: a class in q is −inf
   const double eps = std::numeric_limits<double>::epsilon();
   lo -= 4.0 * eps * std::abs(lo);
-  return std::max(lo, std::min(jensen, hi) - 8.0 * eps * (1.0 + std::abs(hi) + std::abs(row.max)));
+  const double slack = 8.0 * eps * (1.0 + std::abs(hi) + std::abs(row.max));
+  return std::max(lo, std::min(jensen, hi) - slack);
 }
 
 // Calls solve(begin, end) over [0, rows) in small batches from a shared counter, on the calling

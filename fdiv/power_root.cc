@@ -43,7 +43,6 @@ constexpr double kStepTolerance = 1e-10;
 // ulp of the logits near it: steps below this, relative to |max θ| + |t|, are that noise.
 constexpr double kFloatResolution = 0x1p-22;
 
-
 // The classes between the iterate t and an upper bound `top` of the root (power 2): with the
 // moments above t they give the exact root in the same pass (see WindowRoot). At most
 // kWindow classes; more and the window is unusable (count > kWindow).

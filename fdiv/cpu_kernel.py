@@ -12,7 +12,7 @@ spends about a cycle per element on each pass of the JAX solvers, which made the
 2.5–3.4× the time of cross-entropy at V = 32k (README, "Performance"). Jensen–Shannon's mass
 ``q_j / expm1(τ + a − θ_j)`` takes an exponential per class: its kernel takes them once per row
 and then a product and a division per class and pass (4× → 1.6× cross-entropy). The kernels
-also return the sum in the f-softmax's value (not for reverse KL, whose conjugate is a log).
+also return the sum in the f-softmax's value.
 Everything else (the probabilities, every derivative) stays in JAX, and so does the root on
 GPU and TPU, where the JAX solvers run as the default branch of
 ``jax.lax.platform_dependent``.
@@ -146,8 +146,9 @@ def power_root(
     ``shift`` is the root rounded to float32 (a NaN row: NaN; an empty row: 0) and ``t`` the
     rest of it, as :class:`fdiv.root_finding.Root` expects; ``excess`` is
     ``coef / |power + 1| · Σ_j q_j |θ_j − shift − t|^(power + 1)``, the sum of
-    ``q_j (f*(θ_j − τ) + f(0))`` in the f-softmax's value (NaN for ``power = −1``). CPU only
-    (see :func:`available`).
+    ``q_j (f*(θ_j − τ) + f(0))`` in the f-softmax's value, and for ``power = −1`` (reverse KL,
+    whose ``f(0)`` is infinite) ``−coef Σ_j q_j log(shift + t − θ_j)``, the sum of
+    ``q_j f*(θ_j − τ)`` (``−inf`` logits left out). CPU only (see :func:`available`).
     """
     return _call("fdiv_power_root", theta, q, coef=float(coef), power=int(power))
 

@@ -111,15 +111,17 @@ def _value_rel(
     ``f* + f(0)``, then ``−Q f(0)`` added once: with unit q over V classes the plain sum is
     about ``−V f(0)``, and its float32 rounding depends on the order of the reduction (7e-4
     for 1000 ties with χ², different between the fused head's chunks and a whole batch).
-    ``excess`` is that sum when the CPU kernel has computed it (not differentiable: see
-    :func:`_enveloped`), also for the poles with a finite ``f(0)`` (Hellinger).
+    ``excess`` is that sum when a CPU kernel has computed it (not differentiable: see
+    :func:`_enveloped`), also for the poles and JS, and for reverse KL, whose ``f(0)`` is
+    infinite, ``Σ_j q_j f*(θ_j − τ)`` itself (``f(0)`` taken as 0, as in ``_conj_terms``).
     """
     if isinstance(gen, KL):
         value = t + 1.0 - totals.q_sum
     elif gen.is_sparse or excess is not None:
+        f_at_zero = gen.f_at_zero if math.isfinite(gen.f_at_zero) else 0.0
         if excess is None:
-            excess = _rows.row_sum(q * (_conj_terms(theta, t, gen) + gen.f_at_zero))
-        value = t - gen.anchor + excess - totals.q_sum * gen.f_at_zero
+            excess = _rows.row_sum(q * (_conj_terms(theta, t, gen) + f_at_zero))
+        value = t - gen.anchor + excess - totals.q_sum * f_at_zero
     else:
         value = t - gen.anchor + _rows.row_sum(q * _conj_terms(theta, t, gen))
     return jnp.where(totals.empty, -jnp.inf, value)
@@ -135,8 +137,7 @@ def _value_parts(
     passes and the value's pass all read the block from cache. With the CPU kernel
     (``root_finding.uses_kernel``; ``kernel=False`` keeps the JAX solvers) the value's sum comes
     from the kernel's last pass, and the value gets its derivative from the envelope rule
-    (:func:`_enveloped`); for reverse KL the kernel gives the root alone, and the value's pass
-    runs in XLA over the blocks.
+    (:func:`_enveloped`).
     """
 
     def rows(theta: Array, q: Array) -> tuple[Array, Array, Array]:  # the JAX solvers
@@ -148,17 +149,12 @@ def _value_parts(
         root, totals, excess = rf.solve_with_kernel(theta, q, gen)
         z = theta - root.shift[..., None]
         t = _implicit_root_for(gen)(z, q, root.t)
-        if not rf.kernel_gives_value(gen):
-            return _value_rel(z, q, t, gen, totals), root.shift, t
         value = _value_rel(z, q, root.t, gen, totals, excess)
         return _enveloped(value, theta, root.shift, q, t, gen), root.shift, t
 
     if not (kernel and rf.uses_kernel(gen, solver, num_iters, theta.dtype)):
         return rf.map_rows(rows, theta, q, gen, solver)
-    solved = functools.partial(jax.lax.platform_dependent, cpu=kernel_rows, default=rows)
-    if not rf.kernel_gives_value(gen):  # the value's pass in XLA: over blocks of rows in cache
-        return rf.map_rows(solved, theta, q, gen, solver)
-    return solved(theta, q)
+    return jax.lax.platform_dependent(theta, q, cpu=kernel_rows, default=rows)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5,))

@@ -68,7 +68,6 @@ implicitly (see operators.py), so the iterates are not stored.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
@@ -486,26 +485,18 @@ def uses_kernel(gen: Generator, solver: str, num_iters: int | None, dtype) -> bo
     )
 
 
-def solve_with_kernel(
-    theta: Array, q: Array, gen: Generator
-) -> tuple[Root, RowTotals, Array | None]:
+def solve_with_kernel(theta: Array, q: Array, gen: Generator) -> tuple[Root, RowTotals, Array]:
     """The root and row totals of a power-law generator or Jensen–Shannon from a CPU kernel (CPU
     only: see :func:`uses_kernel`), and each row's ``Σ_j q_j (f*(θ_j − τ) + f(0))``, the sum in
-    the f-softmax's value (None for reverse KL, whose ``f*`` is a log the power-law kernel does
-    not evaluate). Not differentiable (stop_gradient)."""
+    the f-softmax's value (``Σ_j q_j f*(θ_j − τ)`` for reverse KL, whose ``f(0)`` is infinite).
+    Not differentiable (stop_gradient)."""
     theta, q = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(q)
     q = q.reshape((1,) * (theta.ndim - q.ndim) + q.shape)
     if isinstance(gen, JensenShannon):
         shift, t, q_sum, empty, excess = cpu_kernel.js_root(theta, q)
     else:
         shift, t, q_sum, empty, excess = cpu_kernel.power_root(theta, q, *gen.power_law)
-    return Root(shift, t), RowTotals(q_sum, empty), excess if kernel_gives_value(gen) else None
-
-
-def kernel_gives_value(gen: Generator) -> bool:
-    """Whether the kernel's ``Σ_j q_j (f*(θ_j − τ) + f(0))`` is defined: ``f(0)`` finite (not
-    reverse KL, whose ``f*`` is a log)."""
-    return math.isfinite(gen.f_at_zero)
+    return Root(shift, t), RowTotals(q_sum, empty), excess
 
 
 def solve(

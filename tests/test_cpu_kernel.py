@@ -153,6 +153,19 @@ def test_js_classes_next_to_the_pole(q, rng):
     np.testing.assert_allclose(value, ref.value_rel, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("q", ["uniform", "unit", "array"])
+def test_reverse_kl_value_from_the_kernel(q, rng):
+    """Reverse KL's ``f*`` is a log: its kernel sums ``log(τ + 1 − θ_j)`` in the pass it expects
+    to be the last (or one more at the root), leaving masked classes out. Rows with masked
+    classes and classes past the last vector of eight match a float64 bisection."""
+    x = (rng.normal(size=(3, 4099)) * np.array([[1.0], [3.0], [0.01]])).astype(np.float32)
+    where = rng.uniform(size=x.shape) > 0.1
+    q_arr = rng.uniform(0.0, 2.0, size=x.shape).astype(np.float32) if q == "array" else q
+    value = fdiv.f_softmax(jnp.asarray(x), "reverse_kl", q=q_arr, where=jnp.asarray(where))
+    ref = ref_solve(x, "reverse_kl", q_arr, where=where)
+    np.testing.assert_allclose(value - ref.shift, ref.value_rel, rtol=1e-6, atol=1e-6)
+
+
 def test_derivative_in_q_matches_the_jax_path(rng):
     x = jnp.asarray(rng.normal(size=(3, 30)), jnp.float32)
     q = jnp.asarray(rng.uniform(0.5, 1.5, size=(3, 30)), jnp.float32)
@@ -163,7 +176,7 @@ def test_derivative_in_q_matches_the_jax_path(rng):
     np.testing.assert_allclose(jax.grad(value)(q, "auto"), jax.grad(value)(q, "newton"), atol=1e-6)
 
 
-@pytest.mark.parametrize("divergence", ["alpha:1.5", "hellinger", "js"])
+@pytest.mark.parametrize("divergence", ["alpha:1.5", "hellinger", "js", "reverse_kl"])
 def test_value_for_edge_rows(divergence):
     """An empty row has value −inf, a NaN row NaN, ties and a single class their closed forms."""
     x = jnp.array(

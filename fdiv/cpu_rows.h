@@ -31,6 +31,13 @@ namespace ffi = xla::ffi;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
+// The kernels' Newton loops: a cap on their passes, and the step (relative to the root) below
+// which Newton's next error, about its square, is negligible.
+constexpr int kMaxIterations = 100;
+constexpr double kStepTolerance = 1e-10;
+// Sums in float are added to double sums every this many classes.
+constexpr int64_t kFlush = 256;
+
 // GCC's vector extensions, so that the passes are vectorised the same way by every compiler
 // version, reductions included: four doubles (and their comparison masks), four and eight
 // floats.

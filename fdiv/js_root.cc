@@ -29,15 +29,12 @@
 namespace fdiv_cpu {
 namespace {
 
-constexpr int kMaxIterations = 100;
-// Newton's next error is about the square of a step below this (relative to the root), or of
-// a mass this close to 1 (the float terms' rounding is ~1e-7 of the mass).
-constexpr double kStepTolerance = 1e-10;
+// Besides kStepTolerance: Newton's next error is about the square of a mass this close to 1
+// (the float terms' rounding is ~1e-7 of the mass).
 constexpr double kMassTolerance = 0x1p-17;
 // A pass sums the value's terms once the mass before it is this close to 1: the next step
 // then lands within kMassTolerance (Newton squares the error).
 constexpr double kValueWithin = 3e-2;
-constexpr int64_t kFlush = 256;
 // Above this, e^r is summed from r in double (see the top of the file).
 constexpr float kNearPole = 0.5f;
 

@@ -36,9 +36,6 @@
 namespace fdiv_cpu {
 namespace {
 
-constexpr int kMaxIterations = 100;
-// Newton's next error is about the square of a step below this (relative to the root).
-constexpr double kStepTolerance = 1e-10;
 // The sparse laws' sums are of float r (Accumulate), whose rounding moves the root by about an
 // ulp of the logits near it: steps below this, relative to |max θ| + |t|, are that noise.
 constexpr double kFloatResolution = 0x1p-22;
@@ -85,8 +82,6 @@ struct Sums {
   double m[power + 2] = {};
   int64_t count = 0;
 };
-
-constexpr int64_t kFlush = 256;
 
 // One vector of eight classes of Accumulate's loop: adds its moments and count, and returns
 // which of its classes lie above t (r > 0).

@@ -189,7 +189,6 @@ struct Buffers {
   std::vector<uint8_t> marks;
 };
 
-
 template <bool shared_q>
 RowResult SolveRow(const RowProblem& p, int64_t row, Buffers& buffers) {
   const int64_t k = p.layout.classes;
@@ -208,7 +207,7 @@ RowResult SolveRow(const RowProblem& p, int64_t row, Buffers& buffers) {
   buffers.e.resize(k);
   buffers.marks.resize(k / 16 + 1);
   // The exponentials are taken at the lower bound, which the iterates never go below:
-  // e^r = exp(start − t) E ≤ E.
+  // e^r = exp(start_t − t) E ≤ E.
   const double start_t = lo;
 
   double t = lo, t_last = lo, mass = 0.0;

@@ -264,15 +264,25 @@ struct RowStart {
   }
 };
 
+// The first pass's results for a row of k classes sharing q, from its max and sum.
+inline RowStart SharedRowStart(double max, double sum, double q, int64_t k) {
+  RowStart row;
+  row.max = max;
+  row.plain = sum;
+  row.q_sum = q * static_cast<double>(k);
+  row.q_top = q;
+  row.weighted = q * sum;
+  return row;
+}
+
 // The first pass over a row of k logits x; q shared by the classes (q[0]) or per class.
 template <bool shared_q>
 RowStart ScanRow(const float* x, const float* q, int64_t k) {
   RowStart row;
   if constexpr (shared_q) {
-    MaxAndSum(x, k, &row.max, &row.plain);
-    row.q_sum = q[0] * static_cast<double>(k);
-    row.q_top = q[0];
-    row.weighted = q[0] * row.plain;
+    double max, sum;
+    MaxAndSum(x, k, &max, &sum);
+    row = SharedRowStart(max, sum, q[0], k);
   } else {
     for (int64_t j = 0; j < k; ++j) {  // q varies by class: its stride is 1
       const double v = x[j];

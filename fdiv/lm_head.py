@@ -368,7 +368,7 @@ def fused_linear_fdiv_loss(
       reduction: ``"none"`` (per-token losses ``[N]``), ``"sum"``, or ``"mean"`` (the sum
         divided by the number of unmasked tokens, at least 1).
       solver, num_iters: see :func:`fdiv.f_softargmax`; here ``"auto"`` never takes the CPU
-        kernel of the power-law generators (see ``_chunk_loss``).
+        kernels (see ``_chunk_loss``).
 
     Returns:
       Per-token losses ``[N]`` or their sum/mean; float32 for half-precision inputs.

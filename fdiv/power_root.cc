@@ -500,10 +500,12 @@ PoleSums AccumulatePole(const float* x, const float* q, int64_t n, double offset
     for (int lane = 0; lane < 4; ++lane) {
       out.mass += sums[set][0][lane];
       out.slope += sums[set][1][lane];
-      out.value += sums[set][2][lane] + M_LN2 * exponents[set][lane] + mantissas[set][lane];
+      out.value += sums[set][2][lane];
       if constexpr (power == -1 && with_log && shared_q) {
         out.value += M_LN2 * static_cast<double>(product_exponents[set][lane]) +
                      std::log(product[set][lane]);
+      } else if constexpr (power == -1 && with_log) {
+        out.value += M_LN2 * exponents[set][lane] + mantissas[set][lane];
       }
     }
   }
@@ -596,11 +598,7 @@ RowResult SolveRow(const Problem& p, int64_t row, Scratch& scratch) {
     RowScan scan;
     at_guess = Accumulate<(power > 0 ? power : 1), true, false, true>(x, nullptr, k, 0.0, guess,
                                                                       nullptr, &scan);
-    start.max = scan.max;
-    start.plain = scan.sum;
-    start.q_sum = q_shared * static_cast<double>(k);
-    start.q_top = q_shared;
-    start.weighted = q_shared * scan.sum;
+    start = SharedRowStart(scan.max, scan.sum, q_shared, k);
   } else {
     start = ScanRow<shared_q>(x, qrow, k);
   }

@@ -470,6 +470,17 @@ def streams(gen: Generator, solver: str, k: int) -> bool:
     return is_closed_form(gen, solver) and k <= _rows.MAX_ROW
 
 
+def _kernel(gen: Generator) -> Callable[[Array, Array], tuple[Array, ...]] | None:
+    """The CPU kernel that solves ``gen``'s rows (fdiv/cpu_kernel.py): Jensen–Shannon's, the
+    power-law kernel for the generators with ``Generator.power_law``, or None."""
+    if isinstance(gen, JensenShannon):
+        return cpu_kernel.js_root
+    if gen.power_law is not None:
+        coef, power = gen.power_law
+        return lambda theta, q: cpu_kernel.power_root(theta, q, coef, power)
+    return None
+
+
 def uses_kernel(gen: Generator, solver: str, num_iters: int | None, dtype) -> bool:
     """Whether "auto" solves these rows with a CPU kernel (fdiv/cpu_kernel.py): a power-law
     generator or Jensen–Shannon, float32, no explicit iteration count, CPU the default backend,
@@ -478,7 +489,7 @@ def uses_kernel(gen: Generator, solver: str, num_iters: int | None, dtype) -> bo
     return (
         solver == "auto"
         and num_iters is None
-        and (gen.power_law is not None or isinstance(gen, JensenShannon))
+        and _kernel(gen) is not None
         and jnp.dtype(dtype) == jnp.float32
         and jax.default_backend() == "cpu"
         and cpu_kernel.available()
@@ -492,10 +503,7 @@ def solve_with_kernel(theta: Array, q: Array, gen: Generator) -> tuple[Root, Row
     Not differentiable (stop_gradient)."""
     theta, q = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(q)
     q = q.reshape((1,) * (theta.ndim - q.ndim) + q.shape)
-    if isinstance(gen, JensenShannon):
-        shift, t, q_sum, empty, excess = cpu_kernel.js_root(theta, q)
-    else:
-        shift, t, q_sum, empty, excess = cpu_kernel.power_root(theta, q, *gen.power_law)
+    shift, t, q_sum, empty, excess = _kernel(gen)(theta, q)
     return Root(shift, t), RowTotals(q_sum, empty), excess
 
 
